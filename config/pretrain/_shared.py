@@ -1,0 +1,31 @@
+"""Shared pieces of the pretraining recipes (spec of the official configs: 800 epochs on CIFAR, 300 on ImageNet).
+
+A recipe module combines one dataset base with one architecture::
+
+    CONFIG = {**CIFAR, **VIT_SMALL, "dataset": "cifar10"}
+    OFFICIAL = {**CIFAR_OFFICIAL, **VIT_SMALL_OFFICIAL}
+
+``CONFIG`` holds the paper's values; ``OFFICIAL`` the changes ``--preset official`` applies to match the
+authors' released code. Everything not listed keeps the defaults of ``patchmix.config.PretrainConfig``
+(temperature 0.2, heads 4096/256, drop path 0.1, o2o smoothing 0.1, AdamW, weight decay 0.04 -> 0.4, ...).
+"""
+
+# The official code differs from the paper in these ways on every recipe (README, "Paper vs. official code").
+COMMON_OFFICIAL = {"num_mix": 2, "momentum_per_epoch": True}
+
+CIFAR = {"img_size": 32, "patch_size": 2, "crop_min": 0.1, "epochs": 800, "warmup_epochs": 100,
+         "batch_size": 512, "save_freq": 100, "num_workers": 8}
+CIFAR_OFFICIAL = dict(COMMON_OFFICIAL)
+
+# Paper: two 224-px views with crops of (0.05, 1). Official configs: 8 extra 96-px crops, each also mixed, and
+# global crops of (0.35, 1).
+IMAGENET = {"dataset": "imagenet", "img_size": 224, "patch_size": 16, "crop_min": 0.05, "epochs": 300,
+            "warmup_epochs": 10, "batch_size": 1024, "save_freq": 10, "num_workers": 10}
+IMAGENET_OFFICIAL = {**COMMON_OFFICIAL, "local_crops_number": 8, "crop_min": 0.35}
+
+VIT_TINY = {"arch": "vit_tiny", "base_lr": 2e-3, "weight_decay": 0.02, "weight_decay_end": 0.2}
+VIT_TINY_OFFICIAL = {"use_momentum": False}  # the official ViT-T code trains without a momentum encoder
+VIT_SMALL = {"arch": "vit_small", "base_lr": 5e-4}
+VIT_SMALL_OFFICIAL: dict = {}
+VIT_BASE = {"arch": "vit_base", "base_lr": 7.5e-4}
+VIT_BASE_OFFICIAL: dict = {}

@@ -1,0 +1,127 @@
+"""The PatchMix objective: three soft-target contrastive terms (plus two for multi-crop).
+
+Every term is a cross-entropy between soft targets and a softmax over cosine similarities of one process's
+L2-normalised queries with the keys of ALL processes (gathered without gradient), divided by a temperature::
+
+    loss(Q, K, Y) = mean_i sum_c -Y[i, c] * log softmax_c(q_i . k_c / tau)
+
+The query/key roles follow the official code (view 1 is always the key side of the mix terms)::
+
+    total = w_o2o * loss(q1,  k2,  Y_o2o)          origin-to-origin: view 1 vs view 2, label smoothing 0.1
+          + w_m2o * loss(q^2, k1,  Y_m2o)          mix-to-origin: mixed view 2 vs unmixed view 1
+          + w_m2m * loss(q^2, k^1, Y_m2m)          mix-to-mix: mixed view 2 vs mixed view 1
+
+with ``w = (1, 1/2, 1/2)``. With local crops (the official ImageNet recipe) each unmixed crop ``u_v`` and mixed
+crop ``u^_v`` is also contrasted with both global keys::
+
+    + w_local_o2o / V * sum_v [loss(u_v,  k1, Y_o2o) + loss(u_v,  k2, Y_o2o)]
+    + w_local_m2o / V * sum_v [loss(u^_v, k1, Y_m2o) + loss(u^_v, k2, Y_m2o)]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from timm.loss import SoftTargetCrossEntropy
+
+from patchmix.distributed import concat_all_gather, get_rank, get_world_size
+from patchmix.mix import place_targets
+
+__all__ = ["contrastive_loss", "PatchMixLoss", "LossWeights"]
+
+_soft_cross_entropy = SoftTargetCrossEntropy()
+
+
+def contrastive_loss(query: torch.Tensor, keys: torch.Tensor, targets: torch.Tensor,
+                     temperature: float) -> torch.Tensor:
+    """Soft-target cross-entropy of ``(N, D)`` queries against ``(C, D)`` keys with ``(N, C)`` targets.
+
+    Computed in float32 whatever the autocast dtype: the logits of a 0.2 temperature overflow fp16 easily.
+    """
+    query = F.normalize(query.float(), dim=1)
+    keys = F.normalize(keys.float(), dim=1)
+    logits = query @ keys.t() / temperature
+    return _soft_cross_entropy(logits, targets)
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    o2o: float = 1.0
+    m2o: float = 0.5
+    m2m: float = 0.5
+    local_o2o: float = 1.0
+    local_m2o: float = 1.0
+
+
+class PatchMixLoss(torch.nn.Module):
+    """Combine the model's queries and keys into the weighted PatchMix loss.
+
+    Args:
+        weights: weight of every term; a weight of 0 switches the term off (the paper's Table 7 ablation), and
+            the model then skips the forward passes only that term needed.
+        o2o_smoothing: label smoothing of the origin-to-origin targets (the official code hard-codes 0.1).
+        mix_smoothing: label smoothing of the two mix targets (official 0.0).
+    """
+
+    def __init__(self, weights: LossWeights = LossWeights(), o2o_smoothing: float = 0.1,
+                 mix_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.weights = weights
+        self.o2o_smoothing = o2o_smoothing
+        self.mix_smoothing = mix_smoothing
+
+    def forward(self, outputs: dict[str, torch.Tensor], mix_to_origin: torch.Tensor,
+                mix_to_mix: torch.Tensor, temperature: float) -> tuple[torch.Tensor, dict[str, float]]:
+        """Return the total loss and every term's value (for logging).
+
+        ``outputs`` holds the model's queries (``q1``, ``q2_mixed``, ``local``, ``local_mixed``) and keys
+        (``k1``, ``k2``, ``k1_mixed``); only those the active terms need must be present. ``local`` and
+        ``local_mixed`` are the ``V`` crops concatenated along the batch dimension.
+        """
+        rank, world_size = get_rank(), get_world_size()
+        key_names = [name for name in ("k1", "k2", "k1_mixed") if name in outputs]
+        keys = self._gather({name: outputs[name] for name in key_names})
+        eye = torch.eye(mix_to_origin.shape[0], device=mix_to_origin.device)
+        y_o2o = place_targets(eye, self.o2o_smoothing, rank, world_size)
+        y_m2o = place_targets(mix_to_origin, self.mix_smoothing, rank, world_size)
+        y_m2m = place_targets(mix_to_mix, self.mix_smoothing, rank, world_size)
+
+        w = self.weights
+        terms: dict[str, torch.Tensor] = {}
+        if w.o2o:
+            terms["o2o"] = contrastive_loss(outputs["q1"], keys["k2"], y_o2o, temperature)
+        if w.m2o:
+            terms["m2o"] = contrastive_loss(outputs["q2_mixed"], keys["k1"], y_m2o, temperature)
+        if w.m2m:
+            terms["m2m"] = contrastive_loss(outputs["q2_mixed"], keys["k1_mixed"], y_m2m, temperature)
+        if w.local_o2o and "local" in outputs:
+            terms["local_o2o"] = self._local_term(outputs["local"], keys, y_o2o, temperature)
+        if w.local_m2o and "local_mixed" in outputs:
+            terms["local_m2o"] = self._local_term(outputs["local_mixed"], keys, y_m2o, temperature)
+        if not terms:
+            raise ValueError("every loss term has weight 0: switch at least one of o2o/m2o/m2m on.")
+        total = sum(getattr(w, name) * value for name, value in terms.items())
+        return total, {name: value.detach() for name, value in terms.items()}
+
+    @staticmethod
+    def _gather(keys: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """All-gather every key set in one collective (stop-gradient)."""
+        if not keys:
+            return {}
+        names = list(keys)
+        stacked = torch.stack([keys[name].detach() for name in names], dim=1)  # (B, n, D)
+        gathered = concat_all_gather(stacked)
+        return {name: gathered[:, i] for i, name in enumerate(names)}
+
+    @staticmethod
+    def _local_term(queries: torch.Tensor, keys: dict[str, torch.Tensor], targets: torch.Tensor,
+                    temperature: float) -> torch.Tensor:
+        batch = targets.shape[0]
+        crops = queries.split(batch)
+        total = queries.new_zeros((), dtype=torch.float32)
+        for crop in crops:
+            total = total + contrastive_loss(crop, keys["k1"], targets, temperature)
+            total = total + contrastive_loss(crop, keys["k2"], targets, temperature)
+        return total / len(crops)
