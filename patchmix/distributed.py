@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistInfo", "init_distributed", "is_distributed", "get_rank", "get_world_size", "is_main_process",
+           "parameters_in_sync", "wrap_ddp",
            "barrier", "concat_all_gather", "all_reduce_mean", "cleanup"]
 
 
@@ -109,3 +110,40 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
 def cleanup() -> None:
     if is_distributed():
         dist.destroy_process_group()
+
+
+@torch.no_grad()
+def parameters_in_sync(module: torch.nn.Module) -> bool:
+    """True when every process holds bit-identical parameters (a cheap per-tensor checksum is compared).
+
+    DDP keeps replicas identical by construction; this catches what it cannot (a rank that skipped a step,
+    a non-deterministic update applied differently), once per epoch.
+    """
+    if get_world_size() == 1:
+        return True
+    checksum = torch.stack([p.detach().double().sum() for p in module.parameters()])
+    gathered = [torch.zeros_like(checksum) for _ in range(get_world_size())]
+    dist.all_gather(gathered, checksum)
+    return all(torch.equal(gathered[0], other) for other in gathered[1:])
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Return ``(model, trained)``: the model with SyncBatchNorm (CUDA) and the module to call for training
+    (DistributedDataParallel when several processes run, else the model itself).
+
+    BatchNorm statistics are synchronised across GPUs as in the official code. torch's SyncBatchNorm has no
+    CPU implementation, so multi-process CPU runs (gloo; for tests and debugging) keep per-process statistics.
+    Buffers are not re-broadcast every forward (official ``broadcast_buffers=False``).
+    """
+    if get_world_size() == 1:
+        return model, model
+    if device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif is_main_process():
+        print("note: SyncBatchNorm needs CUDA; the heads' BatchNorm uses per-process statistics on the CPU.")
+    import inspect
+    parameters = inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
+    buffers = {"forward_sync_buffers": False} if "forward_sync_buffers" in parameters else {"broadcast_buffers": False}
+    trained = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, **buffers)
+    return model, trained

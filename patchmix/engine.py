@@ -67,7 +67,8 @@ class StopFlag:
     """Set by SIGTERM/SIGINT (pre-emption) or a step budget; checked between steps on every process."""
 
     def __init__(self, max_steps: int = 0) -> None:
-        self.requested = False
+        self.requested = False  # a signal arrived
+        self.triggered = False  # step_done() said stop (signal, step budget, or another process)
         self.reason = ""
         self.max_steps = max_steps
         self.steps = 0
@@ -99,6 +100,7 @@ class StopFlag:
             stop = bool(flag.item())
             if stop and not self.reason:
                 self.reason = "another process was asked to stop"
+        self.triggered = stop
         return stop
 
 

@@ -12,15 +12,19 @@ from typing import Any
 
 import torch
 
-from patchmix.checkpoint import LATEST_NAME
+from patchmix.checkpoint import FORMAT_VERSION, LATEST_NAME, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from patchmix.config import ConfigError, PretrainConfig, config_differences, config_to_dict, save_config
-from patchmix.data import build_dataset, eval_transform, fixed_subset, num_classes
-from patchmix.distributed import DistInfo
+from patchmix.data import (PatchMixTransform, ResumableDistributedSampler, SeededTransformDataset, build_dataset,
+                           eval_transform, fixed_subset, num_classes)
+from patchmix.distributed import DistInfo, barrier
 from patchmix.knn import extract_features, weighted_knn
+from patchmix.loss import LossWeights, PatchMixLoss
 from patchmix.models import PatchMixModel, arch_spec
+from patchmix.schedules import Schedules
 
 __all__ = ["backbone_kwargs", "check_pretrain_config", "prepare_output_dir", "steps_per_epoch",
-           "print_run_header", "keep_numbered_copy", "knn_report", "RUN_ONLY_KEYS"]
+           "print_run_header", "keep_numbered_copy", "knn_report", "RUN_ONLY_KEYS", "build_loader", "build_model",
+           "build_criterion", "build_schedules", "TrainingState"]
 
 # Settings that may change between a run and its resumption without changing what is trained.
 RUN_ONLY_KEYS = ("output_dir", "resume", "allow_config_change", "device", "num_workers", "log_freq", "save_freq",
@@ -54,6 +58,91 @@ def check_pretrain_config(cfg: PretrainConfig, world_size: int) -> int:
         raise ConfigError("epochs must be >= 1.")
     arch_spec(cfg.arch, cfg.embed_dim, cfg.depth, cfg.num_heads)
     return per_process
+
+
+def build_loader(cfg: PretrainConfig, env: DistInfo, per_process_batch: int
+                 ) -> tuple[torch.utils.data.DataLoader, ResumableDistributedSampler]:
+    """Training loader; the augmentation of every image depends only on (seed, epoch, index)."""
+    if env.is_main and cfg.download:
+        build_dataset(cfg.dataset, cfg.data_path, train=True, download=True)
+    barrier()
+    dataset = fixed_subset(build_dataset(cfg.dataset, cfg.data_path, train=True), cfg.train_subset)
+    transform = PatchMixTransform(cfg.img_size, cfg.crop_min, cfg.blur_probs, cfg.solarize_probs,
+                                  cfg.local_crops_number, cfg.local_crop_size, cfg.local_crop_scale)
+    train_set = SeededTransformDataset(dataset, transform, cfg.seed)
+    sampler = ResumableDistributedSampler(train_set, env.world_size, env.rank, seed=cfg.seed)
+    loader = torch.utils.data.DataLoader(
+        train_set, batch_size=per_process_batch, sampler=sampler, num_workers=cfg.num_workers,
+        pin_memory=env.device.type == "cuda", drop_last=True, persistent_workers=cfg.num_workers > 0,
+        generator=torch.Generator())  # own generator: creating an iterator must not consume the global RNG
+    return loader, sampler
+
+
+def build_model(cfg: PretrainConfig) -> PatchMixModel:
+    return PatchMixModel(backbone_kwargs(cfg), cfg.drop_path, cfg.proj_layers, cfg.pred_layers, cfg.hidden_dim,
+                         cfg.out_dim, cfg.use_momentum, cfg.fuse_backbone)
+
+
+def build_criterion(cfg: PretrainConfig) -> PatchMixLoss:
+    weights = LossWeights(cfg.o2o_weight, cfg.m2o_weight, cfg.m2m_weight, cfg.local_o2o_weight,
+                          cfg.local_m2o_weight)
+    return PatchMixLoss(weights, cfg.o2o_smoothing, cfg.mix_smoothing)
+
+
+def build_schedules(cfg: PretrainConfig, iterations: int) -> Schedules:
+    return Schedules(iterations, cfg.epochs, cfg.base_lr * cfg.batch_size / 256, cfg.min_lr, cfg.warmup_epochs,
+                     cfg.weight_decay, cfg.weight_decay_end, cfg.momentum, cfg.momentum_per_epoch,
+                     cfg.temperature, cfg.warmup_temperature, cfg.warmup_temperature_epochs)
+
+
+class TrainingState:
+    """What a checkpoint saves and a resume restores: model, optimiser, grad scaler, position, RNG.
+
+    The random state of every process is saved (a list indexed by rank), so a resumed run draws exactly the
+    drop-path masks and mixing partitions the interrupted one would have drawn.
+    """
+
+    def __init__(self, cfg: PretrainConfig, env: DistInfo, model: PatchMixModel, optimizer: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler, generators: dict[str, torch.Generator], iterations: int) -> None:
+        self.cfg, self.env, self.model, self.optimizer, self.scaler = cfg, env, model, optimizer, scaler
+        self.generators, self.iterations = generators, iterations
+        self.config_dict = config_to_dict(cfg)
+
+    def save(self, path: Path, epoch: int, step_in_epoch: int) -> Path:
+        """Collective: every process contributes its RNG state; rank 0 writes the file atomically."""
+        rng = [capture_rng(self.generators)]
+        if self.env.world_size > 1:
+            gathered: list = [None] * self.env.world_size
+            torch.distributed.all_gather_object(gathered, rng[0])
+            rng = gathered
+        if self.env.is_main:
+            save_checkpoint({"format_version": FORMAT_VERSION, "model": self.model.state_dict(),
+                             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                             "epoch": epoch, "step_in_epoch": step_in_epoch,
+                             "global_step": epoch * self.iterations + step_in_epoch, "rng": rng,
+                             "backbone": backbone_kwargs(self.cfg), "config": self.config_dict}, path)
+        barrier()
+        return path
+
+    def restore(self, path: Path) -> tuple[int, int]:
+        """Load ``path``; return ``(epoch, step_in_epoch)`` to continue from."""
+        state = load_checkpoint(path)
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as error:
+            raise ConfigError(f"checkpoint {path} does not fit this model ({str(error).splitlines()[0]}...). "
+                              f"It was saved with backbone {state.get('backbone')}; use matching --arch / "
+                              f"--patch-size / --img-size, or another --output-dir.") from error
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        rng = state["rng"]
+        if self.env.rank < len(rng):  # a different number of processes: exactness is lost anyway
+            restore_rng(rng[self.env.rank], self.generators)
+        epoch, step = int(state["epoch"]), int(state["step_in_epoch"])
+        if self.env.is_main:
+            print(f"Resumed from {path}: epoch {epoch}, step {step} of {self.iterations}.")
+        return epoch, step
 
 
 def steps_per_epoch(samples_per_process: int, per_process_batch: int, cfg: PretrainConfig) -> int:
@@ -153,8 +242,7 @@ def knn_report(cfg: PretrainConfig, model: PatchMixModel, env: DistInfo, output_
 
     learned = accuracy(model.key_encoder)
     torch.manual_seed(cfg.seed)  # the same initial weights as the trained model had
-    random_model = PatchMixModel(backbone_kwargs(cfg), cfg.drop_path, cfg.proj_layers, cfg.pred_layers,
-                                 cfg.hidden_dim, cfg.out_dim, cfg.use_momentum).to(env.device)
+    random_model = build_model(cfg).to(env.device)
     baseline = accuracy(random_model.key_encoder)
     report = {"k": 20, "temperature": 0.07, "train_images": len(train), "test_images": len(test),
               "learned_top1": learned["top1"], "random_init_top1": baseline["top1"]}
