@@ -223,8 +223,8 @@ def _add_field_argument(group: argparse._ArgumentGroup, f: dataclasses.Field, ft
         item_type = typing.get_args(ftype)[0]
         group.add_argument(*flags, dest=f.name, type=item_type, nargs="+", help=help_text, metavar="V")
     else:
-        group.add_argument(*flags, dest=f.name, type=ftype, choices=choices, help=help_text,
-                           metavar=f.name.upper() if choices is None else None)
+        metavar = "{" + ",".join(choices) + "}" if choices else f.name.upper()
+        group.add_argument(*flags, dest=f.name, type=ftype, help=help_text, metavar=metavar)
 
 
 def build_parser(cls: type, description: str, epilog: str = "") -> argparse.ArgumentParser:
@@ -271,7 +271,18 @@ def parse_config(cls: type[T], argv: list[str] | None, kind: str, description: s
         first = unknown[0]
         parser.error(f"unrecognized argument {first!r}.{_suggest(first.split('=')[0], options)}")
     resolved = {k: v for k, v in vars(args).items() if k != "config"}
+    _check_choices(cls, resolved)
     return cls(**_coerce(cls, resolved))
+
+
+def _check_choices(cls: type, values: dict[str, Any]) -> None:
+    """Values outside a field's choices are errors that name the closest valid one."""
+    for f in dataclasses.fields(cls):
+        choices = f.metadata.get("choices")
+        if choices and values.get(f.name) not in choices:
+            value = values.get(f.name)
+            raise ConfigError(f"invalid {f.name} {value!r}; choose one of {', '.join(choices)}."
+                              f"{_suggest(str(value), list(choices))}")
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any],
@@ -279,3 +290,145 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any],
     """Keys whose values differ between two config dicts (``{key: (saved, current)}``)."""
     keys = (set(saved) | set(current)) - set(ignore)
     return {k: (saved.get(k), current.get(k)) for k in sorted(keys) if saved.get(k) != current.get(k)}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Evaluation configs (main_knn.py, main_linear.py, main_finetune.py). Their defaults are the protocols of the
+# official evaluation code (spec section 5) except where noted; config modules in config/{knn,linear,finetune}/
+# set the dataset and recipe, and their OFFICIAL dicts the authors' deviations (--preset official).
+
+_section("Run")
+
+
+@dataclass
+class EvalConfig:
+    """Settings every evaluation script shares: the weights to evaluate, the data, the run."""
+
+    preset: str = _opt("paper", "paper: the standard protocol; official: the authors' released evaluation code "
+                       "where it differs (e.g. CIFAR test images resized 32 -> 36, then centre-cropped to 32)",
+                       ("paper", "official"))
+    output_dir: str = _opt("output/eval", "directory for results.json, config.json, log.txt and checkpoints")
+    device: str = _opt("auto", "auto (a GPU if there is one), cpu, cuda or cuda:N")
+    seed: int = _opt(7, "random seed")
+    amp: str = _opt("auto", "mixed precision: auto = bf16 on GPUs that support it, none on the CPU",
+                    ("auto", "bf16", "fp16", "none"))
+    num_workers: int = _opt(8, "data-loading processes per process")
+    dist_timeout_minutes: float = _opt(30.0, "how long a process waits for the others before failing")
+
+    _section("Weights")
+    pretrained_weights: str = _opt("", "weights to evaluate: a checkpoint (ours at any stage, or an official "
+                                   "PatchMix file), a URL, or a released name such as cifar10-vit-tiny-pretrain "
+                                   "(list: python -m patchmix.weights list)")
+    encoder: str = _opt("momentum_encoder", "encoder of a pretraining checkpoint: momentum_encoder (official) or "
+                        "base_encoder (the online one); checkpoints without a momentum encoder fall back to "
+                        "base_encoder with a note")
+    checkpoint_key: str = _opt("", "entry of the file that holds the state dict (empty: the usual ones, "
+                               "e.g. model, state_dict; model_ema selects a fine-tuning run's EMA weights)")
+    allow_pickle: bool = _opt(False, "trust the file and let torch.load(weights_only=False) run the code it "
+                              "pickles; without it, pickled modules (official best.pth) are read by a "
+                              "restricted unpickler that only extracts tensors")
+    weights_dir: str = _opt("", "folder searched for hand-downloaded released files (empty: "
+                            "$PATCHMIX_WEIGHTS_DIR or ./weights)")
+    arch: str = _opt("", "ViT size; empty = from the weights (vit_tiny 192-d/3 heads, vit_small 384-d/12, "
+                     "vit_base 768-d/12)", ("", "vit_tiny", "vit_small", "vit_base"))
+    patch_size: int = _opt(0, "ViT patch size; 0 = from the weights")
+    num_heads: int = _opt(0, "attention heads; 0 = from the checkpoint, else the official value of the "
+                          "architecture (heads cannot be read off tensor shapes)")
+
+    _section("Data")
+    dataset: str = _opt("cifar10", "cifar10, cifar100, imagenet (DATA_PATH/train and DATA_PATH/val), folder "
+                        "(same layout, any classes) or fashion_mnist", ("cifar10", "cifar100", "imagenet",
+                                                                       "folder", "fashion_mnist"))
+    data_path: str = _opt("", "dataset root; empty = ./data for CIFAR, the usual places for Fashion-MNIST")
+    download: bool = _opt(False, "download CIFAR / Fashion-MNIST with torchvision if missing (needs internet)")
+    train_subset: int = _opt(0, "use a fixed random subset of this many training images (0 = all)")
+    test_subset: int = _opt(0, "use a fixed random subset of this many test images (0 = all)")
+    img_size: int = _opt(0, "input resolution; 0 = the resolution the weights were trained at")
+    crop_pct: float = _opt(1.0, "test images: resize to IMG_SIZE / CROP_PCT (bicubic), centre-crop IMG_SIZE "
+                           "(ImageNet 0.875 = 256 -> 224; official CIFAR kNN/linear 0.8889 = 36 -> 32)")
+    batch_size: int = _opt(256, "GLOBAL batch over all processes")
+
+
+_section("kNN")
+
+
+@dataclass
+class KnnConfig(EvalConfig):
+    """Weighted k-nearest-neighbour classification of frozen CLS features (DINO protocol)."""
+
+    nb_knn: tuple[int, ...] = _opt((10, 20, 100, 200), "numbers of neighbours to report")
+    headline_k: int = _opt(20, "the k reported as the headline number (DINO convention 20)")
+    temperature: float = _opt(0.07, "T of the vote weights exp(similarity / T)")
+    chunk_size: int = _opt(256, "test images per similarity matrix (memory ~ CHUNK_SIZE x bank size)")
+    fp16_features: bool = _opt(False, "keep the feature bank in float16 (half the memory)")
+    dump_features: str = _opt("", "save the extracted features and labels to this file")
+    load_features: str = _opt("", "skip the model: classify the features saved by --dump-features in this file")
+
+
+_section("Training")
+
+
+@dataclass
+class ClassifierConfig(EvalConfig):
+    """Shared by the linear probe and fine-tuning: a classifier trained on top of pretrained weights."""
+
+    resume: str = _opt("", "checkpoint to resume from; empty: OUTPUT_DIR/checkpoint.pth if it exists")
+    allow_config_change: bool = _opt(False, "resume even if the saved config.json differs from this one")
+    eval_only: bool = _opt(False, "only evaluate: the weights must hold a classifier head (a linear / "
+                           "fine-tuning checkpoint, ours or official)")
+    epochs: int = _opt(100, "training epochs")
+    warmup_epochs: float = _opt(0.0, "epochs of linear learning-rate warm-up")
+    base_lr: float = _opt(0.0, "learning rate for a batch of 256 (lr = BASE_LR x BATCH_SIZE / 256); 0 = the "
+                          "official value for the architecture")
+    min_lr: float = _opt(0.0, "learning rate at the end of the cosine")
+    weight_decay: float = _opt(0.0, "weight decay")
+    lr_per_epoch: bool = _opt(False, "change the learning rate once per epoch like the official code "
+                              "(default: every step)")
+    clip_grad: float = _opt(0.0, "clip the gradient norm to this value (0 = off)")
+    log_freq: int = _opt(20, "write TensorBoard scalars every N steps")
+
+
+@dataclass
+class LinearConfig(ClassifierConfig):
+    """Linear probe: a linear classifier on the frozen CLS token (official protocol by default)."""
+
+    momentum: float = _opt(0.9, "SGD momentum (Nesterov, as timm's 'sgd' in the official code)")
+    batchnorm: bool = _opt(False, "BatchNorm1d without affine before the classifier (MAE / MoCo v3 probe); "
+                           "off in the official PatchMix code")
+    crop_min: float = _opt(0.08, "smallest RandomResizedCrop area of the training images")
+    head_init_std: float = _opt(0.0, "initialise the classifier N(0, std), bias 0 (MoCo v3: 0.01); 0 = "
+                                "PyTorch's default init, as the official code")
+
+
+@dataclass
+class FinetuneConfig(ClassifierConfig):
+    """End-to-end fine-tuning with the official timm recipe (RandAugment, Mixup/CutMix, layer decay)."""
+
+    warmup_epochs: float = _opt(10.0, "epochs of linear learning-rate warm-up")
+    warmup_lr: float = _opt(1e-6, "learning rate at the start of the warm-up")
+    min_lr: float = _opt(1e-5, "learning rate at the end of the cosine")
+    weight_decay: float = _opt(0.05, "AdamW weight decay (none on biases, norms, pos_embed and cls_token)")
+    layer_decay: float = _opt(0.75, "layer-wise learning-rate decay (timm param_groups_layer_decay)")
+    drop_path: float = _opt(0.1, "stochastic depth")
+    auto_augment: str = _opt("rand-m9-mstd0.5-inc1", "timm RandAugment policy (empty = off)")
+    color_jitter: float = _opt(0.4, "colour jitter (ignored by timm when AUTO_AUGMENT is set)")
+    crop_min: float = _opt(0.08, "smallest RandomResizedCrop area")
+    crop_padding: int = _opt(0, "use RandomCrop(IMG_SIZE, padding=N) instead of RandomResizedCrop (official "
+                             "CIFAR recipe: 4); 0 = RandomResizedCrop")
+    reprob: float = _opt(0.25, "RandomErasing probability")
+    remode: str = _opt("pixel", "RandomErasing fill mode", ("const", "rand", "pixel"))
+    recount: int = _opt(1, "RandomErasing count")
+    mixup: float = _opt(0.8, "Mixup alpha (0 = off)")
+    cutmix: float = _opt(1.0, "CutMix alpha (0 = off)")
+    mixup_prob: float = _opt(1.0, "probability of applying Mixup or CutMix to a batch")
+    mixup_switch_prob: float = _opt(0.5, "probability of CutMix instead of Mixup when both are on")
+    mixup_mode: str = _opt("batch", "Mixup/CutMix parameters per batch, pair or element",
+                           ("batch", "pair", "elem"))
+    smoothing: float = _opt(0.1, "label smoothing")
+    model_ema: bool = _opt(False, "keep an EMA of the weights (timm ModelEmaV3), evaluate and save it too")
+    model_ema_decay: float = _opt(0.99996, "EMA decay per step")
+
+
+_section("General")
+
+__all__ += ["EvalConfig", "KnnConfig", "ClassifierConfig", "LinearConfig", "FinetuneConfig"]

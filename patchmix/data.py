@@ -206,13 +206,26 @@ def _cifar(name: str, root: str, train: bool, download: bool, transform: Callabl
                         f"the directory containing {cls.base_folder}/.") from error
 
 
+def load_rgb(path: str) -> Image.Image:
+    """Open an image file as RGB; a corrupt or truncated file is a fatal error that names the file.
+
+    Skipping bad files silently would change the dataset under a running experiment, so we stop instead.
+    """
+    try:
+        with open(path, "rb") as handle:
+            return Image.open(handle).convert("RGB")
+    except (OSError, SyntaxError, ValueError) as error:
+        raise DataError(f"cannot decode image {path} ({error}): the file is corrupt or truncated. Delete or "
+                        f"replace it, then re-run the same command (training resumes).") from error
+
+
 def _image_folder(root: Path, transform: Callable | None, name: str) -> Dataset:
     if not root.is_dir():
         raise DataError(f"{name}: directory {root} does not exist. Point --data-path at a folder with one "
                         f"sub-folder per class (ImageNet: DATA_PATH/train/<wnid>/*.JPEG and DATA_PATH/val/...). "
                         f"Unlabelled images: put them in a single sub-folder.")
     try:
-        return datasets.ImageFolder(str(root), transform=transform)
+        return datasets.ImageFolder(str(root), transform=transform, loader=load_rgb)
     except FileNotFoundError as error:
         raise DataError(f"{name}: no images found under {root} ({error}). It needs one sub-folder per class "
                         f"holding .jpg/.png/... files; unlabelled images can all go in one sub-folder.") from error

@@ -68,10 +68,13 @@ def test_unknown_config_and_key_errors(tmp_path):
         parse("--config", str(bad))
 
 
-def test_invalid_choice_is_rejected(capsys):
-    with pytest.raises(SystemExit):
+def test_misspelled_choice_suggests_the_closest(tmp_path):
+    with pytest.raises(ConfigError, match="invalid dataset 'cifar11'.*Did you mean 'cifar10'"):
         parse("--dataset", "cifar11")
-    assert "invalid choice: 'cifar11'" in capsys.readouterr().err
+    bad = tmp_path / "bad.py"
+    bad.write_text("CONFIG = {'arch': 'vit_smal'}\n")
+    with pytest.raises(ConfigError, match="invalid arch 'vit_smal'.*Did you mean 'vit_small'"):
+        parse("--config", str(bad))
 
 
 def test_saved_config_is_json_and_round_trips(tmp_path):

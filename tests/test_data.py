@@ -77,6 +77,11 @@ def test_image_folder_for_pretraining(tmp_path):
             Image.new("RGB", (20, 20), (i * 50, 0, 0)).save(tmp_path / cls / f"{i}.png")
     dataset = build_dataset("folder", str(tmp_path), train=True)
     assert len(dataset) == 6 and dataset[0][0].size == (20, 20)
+    # a truncated file is a fatal error naming the file
+    data = (tmp_path / "b" / "1.png").read_bytes()
+    (tmp_path / "b" / "1.png").write_bytes(data[:len(data) // 2])
+    with pytest.raises(DataError, match="cannot decode image .*1.png.*corrupt or truncated"):
+        dataset[4]
 
 
 def test_two_views_and_local_crops_have_the_configured_sizes(toy_data):
