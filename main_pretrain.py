@@ -24,7 +24,7 @@ import torch
 from patchmix.checkpoint import LATEST_NAME
 from patchmix.config import PretrainConfig, parse_config
 from patchmix.distributed import cleanup, init_distributed, parameters_in_sync, wrap_ddp
-from patchmix.engine import JsonLog, StopFlag, amp_dtype, build_optimizer, train_one_epoch
+from patchmix.engine import JsonLog, StepContext, StopFlag, amp_dtype, build_optimizer, train_one_epoch
 from patchmix.pretraining import (TrainingState, build_criterion, build_loader, build_model, build_schedules,
                                   check_pretrain_config, keep_numbered_copy, knn_report, prepare_output_dir,
                                   print_run_header, steps_per_epoch)
@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     state = TrainingState(cfg, env, model, optimizer, scaler, {"mix": mix_generator}, iterations)
     start_epoch, start_step = state.restore(resume_path) if resume_path else (0, 0)
     print_run_header(cfg, env, per_process_batch, iterations, schedules, model, dtype)
+    step_context = StepContext(trained, criterion, optimizer, scaler, env.device, cfg.num_mix, cfg.patch_size,
+                               mix_generator, dtype, cfg.clip_grad)
 
     writer = progress = None
     if env.is_main:
@@ -71,9 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         sampler.set_epoch(epoch)
         sampler.set_start(first_step * per_process_batch)
         tic = time.time()
-        result = train_one_epoch(trained, criterion, loader, optimizer, scaler, schedules, epoch, first_step,
-                                 env.device, cfg.num_mix, cfg.patch_size, mix_generator, dtype, stop,
-                                 cfg.clip_grad, writer, cfg.log_freq, progress)
+        result = train_one_epoch(step_context, loader, schedules, epoch, first_step, stop, writer, cfg.log_freq,
+                                 progress)
         if result.stopped:  # pre-empted mid-epoch: save the exact position
             state.save(latest, epoch, result.steps_done)
             break

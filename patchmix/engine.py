@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.distributed as dist
@@ -20,8 +21,8 @@ from patchmix.mix import patch_mix
 from patchmix.models import PatchMixModel
 from patchmix.schedules import Schedules
 
-__all__ = ["amp_dtype", "build_optimizer", "required_outputs", "StopFlag", "NonFiniteLossError",
-           "train_one_epoch", "EpochResult", "JsonLog"]
+__all__ = ["amp_dtype", "build_optimizer", "required_outputs", "StopFlag", "NonFiniteLossError", "StepContext",
+           "train_step", "train_one_epoch", "EpochResult", "JsonLog"]
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -137,64 +138,95 @@ def _set_schedules(optimizer: torch.optim.Optimizer, lr: float, wd: float) -> No
             group["weight_decay"] = wd
 
 
-def train_one_epoch(model: torch.nn.Module, criterion: PatchMixLoss, loader: Iterable, optimizer: torch.optim.Optimizer,
-                    scaler: torch.amp.GradScaler, schedules: Schedules, epoch: int, start_step: int,
-                    device: torch.device, num_mix: int, patch_size: int, mix_generator: torch.Generator,
-                    autocast_dtype: torch.dtype | None, stop: StopFlag, clip_grad: float = 0.0,
-                    writer: Any = None, log_freq: int = 10, progress: Any = None) -> EpochResult:
+@dataclass
+class StepContext:
+    """Everything a training step uses that does not change from step to step."""
+
+    model: torch.nn.Module  # the module to call: DistributedDataParallel or the PatchMixModel itself
+    criterion: PatchMixLoss
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    num_mix: int
+    patch_size: int
+    mix_generator: torch.Generator
+    autocast_dtype: torch.dtype | None = None
+    clip_grad: float = 0.0
+
+    @property
+    def net(self) -> PatchMixModel:
+        return self.model.module if hasattr(self.model, "module") else self.model
+
+
+def _no_timer(name: str) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
+
+
+def train_step(ctx: StepContext, views: list[torch.Tensor], lr: float, wd: float, momentum: float,
+               temperature: float, where: str = "", timer: Callable[[str], Any] = _no_timer) -> dict[str, float]:
+    """One PatchMix step: EMA update, mixing, forward, loss, backward, optimiser step. Returns the loss terms.
+
+    ``timer(name)`` wraps each part (momentum, data_to_device, mixer, forward, backward, optimizer); the
+    benchmark passes a timing context, training passes nothing.
+    """
+    weights = ctx.criterion.weights
+    _set_schedules(ctx.optimizer, lr, wd)
+    with timer("momentum"):
+        ctx.net.update_momentum(momentum)  # before the forward pass, as in MoCo v3
+    with timer("data_to_device"):
+        views = [v.to(ctx.device, non_blocking=True) for v in views]
+    x1, x2, crops = views[0], views[1], views[2:]
+    needs = required_outputs(weights, local_crops=bool(crops))
+    with timer("mixer"):
+        x2_mixed, mix_to_origin, mix_to_mix = patch_mix(x2, ctx.num_mix, ctx.patch_size, ctx.mix_generator)
+        x1_mixed = patch_mix(x1, ctx.num_mix, ctx.patch_size, ctx.mix_generator)[0] if "k1_mixed" in needs else None
+        local = torch.cat(crops) if crops and weights.local_o2o else None
+        local_mixed = None
+        if crops and weights.local_m2o:
+            local_mixed = torch.cat([patch_mix(c, ctx.num_mix, ctx.patch_size, ctx.mix_generator)[0] for c in crops])
+
+    with timer("forward"):
+        with torch.autocast(ctx.device.type, dtype=ctx.autocast_dtype or torch.float32,
+                            enabled=ctx.autocast_dtype is not None):
+            outputs = ctx.model(x1, x2, x1_mixed, x2_mixed, local=local, local_mixed=local_mixed, needs=needs)
+        loss, terms = ctx.criterion(outputs, mix_to_origin, mix_to_mix, temperature)
+        values = {name: value.item() for name, value in terms.items()}
+        values["loss"] = loss.item()
+    if not math.isfinite(values["loss"]):
+        detail = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+        raise NonFiniteLossError(f"non-finite loss at {where or 'this step'}: {detail}; lr={lr:.3g}, "
+                                 f"temperature={temperature}. Lower --base-lr, set --clip-grad (e.g. 3.0), or use "
+                                 f"--amp bf16/none instead of fp16.")
+    with timer("backward"):
+        ctx.optimizer.zero_grad(set_to_none=True)
+        ctx.scaler.scale(loss).backward()
+    with timer("optimizer"):
+        if ctx.clip_grad > 0:
+            ctx.scaler.unscale_(ctx.optimizer)
+            params = [p for g in ctx.optimizer.param_groups for p in g["params"]]
+            values["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, ctx.clip_grad).item()
+        ctx.scaler.step(ctx.optimizer)
+        ctx.scaler.update()
+    return values
+
+
+def train_one_epoch(ctx: StepContext, loader: Iterable, schedules: Schedules, epoch: int, start_step: int,
+                    stop: StopFlag, writer: Any = None, log_freq: int = 10, progress: Any = None) -> EpochResult:
     """Train for the rest of one epoch (from ``start_step``); stop early at a step boundary if asked."""
-    net: PatchMixModel = model.module if hasattr(model, "module") else model
-    needs = required_outputs(criterion.weights, local_crops=False)
     meter = _Meter()
     step_in_epoch = start_step
     tic, images_seen = time.perf_counter(), 0
-    model.train()
+    ctx.model.train()
     for views, _ in loader:
         step = epoch * schedules.steps_per_epoch + step_in_epoch
         lr, wd, momentum, temperature = (schedules.lr(step), schedules.wd(step), schedules.ema_momentum(step),
                                          schedules.temp(step))
-        _set_schedules(optimizer, lr, wd)
-        net.update_momentum(momentum)  # before the forward pass, as in MoCo v3
-
-        views = [v.to(device, non_blocking=True) for v in views]
-        x1, x2, crops = views[0], views[1], views[2:]
-        x2_mixed, mix_to_origin, mix_to_mix = patch_mix(x2, num_mix, patch_size, mix_generator)
-        x1_mixed = patch_mix(x1, num_mix, patch_size, mix_generator)[0] if "k1_mixed" in needs else None
-        local = local_mixed = None
-        step_needs = needs
-        if crops:
-            step_needs = required_outputs(criterion.weights, local_crops=True)
-            if criterion.weights.local_o2o:
-                local = torch.cat(crops)
-            if criterion.weights.local_m2o:
-                local_mixed = torch.cat([patch_mix(c, num_mix, patch_size, mix_generator)[0] for c in crops])
-
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            outputs = model(x1, x2, x1_mixed, x2_mixed, local=local, local_mixed=local_mixed, needs=step_needs)
-        loss, terms = criterion(outputs, mix_to_origin, mix_to_mix, temperature)
-
-        values = {name: value.item() for name, value in terms.items()}
-        values["loss"] = loss.item()
-        if not math.isfinite(values["loss"]):
-            detail = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-            raise NonFiniteLossError(f"non-finite loss at epoch {epoch}, step {step} (global): {detail}; "
-                                     f"lr={lr:.3g}, temperature={temperature}. Lower --base-lr, set "
-                                     f"--clip-grad (e.g. 3.0), or use --amp bf16/none instead of fp16.")
-
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if clip_grad > 0:
-            scaler.unscale_(optimizer)
-            params = [p for g in optimizer.param_groups for p in g["params"]]
-            values["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, clip_grad).item()
-        scaler.step(optimizer)
-        scaler.update()
-
+        values = train_step(ctx, views, lr, wd, momentum, temperature, where=f"epoch {epoch}, step {step} (global)")
         meter.update(values)
         step_in_epoch += 1
-        images_seen += x1.shape[0] * get_world_size()
-        scalars = dict(values, lr=lr, weight_decay=wd, momentum=momentum, temperature=temperature)
+        images_seen += views[0].shape[0] * get_world_size()
         if writer is not None and (step + 1) % log_freq == 0:
+            scalars = dict(values, lr=lr, weight_decay=wd, momentum=momentum, temperature=temperature)
             for name, value in scalars.items():
                 writer.add_scalar(f"train/{name}", value, step + 1)
         if progress is not None:
@@ -203,7 +235,7 @@ def train_one_epoch(model: torch.nn.Module, criterion: PatchMixLoss, loader: Ite
         if stop.step_done():
             break
 
-    metrics = meter.averages(device)
+    metrics = meter.averages(ctx.device)
     elapsed = time.perf_counter() - tic
     metrics.update(lr=lr if meter.count else 0.0, images_per_second=images_seen / max(elapsed, 1e-9))
     stopped = step_in_epoch < schedules.steps_per_epoch
