@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistInfo", "init_distributed", "is_distributed", "get_rank", "get_world_size", "is_main_process",
-           "parameters_in_sync", "wrap_ddp",
+           "parameters_in_sync", "wrap_ddp", "pick_device",
            "barrier", "concat_all_gather", "all_reduce_mean", "cleanup"]
 
 
@@ -31,7 +31,7 @@ class DistInfo:
         return self.rank == 0
 
 
-def _pick_device(requested: str, local_rank: int) -> torch.device:
+def pick_device(requested: str, local_rank: int) -> torch.device:
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda"):
@@ -50,10 +50,10 @@ def init_distributed(device: str = "auto", timeout_minutes: float = 30.0) -> Dis
     for a rank that died, so a broken job fails instead of hanging forever.
     """
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return DistInfo(0, 1, 0, _pick_device(device, 0))
+        return DistInfo(0, 1, 0, pick_device(device, 0))
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    dev = _pick_device(device, local_rank)
+    dev = pick_device(device, local_rank)
     if not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size,

@@ -1,0 +1,45 @@
+"""The benchmark reports sane, self-consistent numbers, and its FLOP count matches the known ViT-S/16 cost."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT, TINY_PRETRAIN
+
+sys.path.insert(0, str(REPO_ROOT / "tools"))
+import benchmark  # noqa: E402
+
+
+def test_vit_small_forward_flops_match_the_usual_4_6_gmacs():
+    backbone = benchmark.vit_forward_flops(384, 12, 224, 16, hidden_dim=0, out_dim=0, proj_layers=2)
+    assert backbone / 2 / 1e9 == pytest.approx(4.6, abs=0.05)
+
+
+def test_step_flops_follow_the_passes_of_the_loss():
+    from patchmix.config import PretrainConfig
+    cfg = PretrainConfig(arch="vit_tiny", img_size=32, patch_size=2)
+    online = benchmark.vit_forward_flops(192, 12, 32, 2, 4096, 256, 3, 2)
+    key = benchmark.vit_forward_flops(192, 12, 32, 2, 4096, 256, 3, 0)
+    assert benchmark.step_flops_per_image(cfg) == pytest.approx(3 * 2 * online + 3 * key)
+    baseline = PretrainConfig(arch="vit_tiny", img_size=32, patch_size=2, m2o_weight=0, m2m_weight=0)
+    assert benchmark.step_flops_per_image(baseline) == pytest.approx(3 * online + key)
+
+
+def test_benchmark_runs_and_reports(tmp_path, toy_data, capsys):
+    out = tmp_path / "bench.json"
+    args = ["--steps", "2", "--warmup", "1", "--peak-tflops", "1.0", "--json", str(out), "--data", "real",
+            *TINY_PRETRAIN, "--data-path", str(toy_data)]
+    assert benchmark.main(args) == 0
+    results = json.loads(out.read_text())
+    assert results["images_per_second"] > 0 and results["batch_size"] == 16
+    shares = results["part_share_percent"]
+    assert set(shares) == {"data_loading", "data_to_device", "momentum", "mixer", "forward", "backward",
+                           "optimizer"}
+    assert sum(shares.values()) == pytest.approx(100.0)
+    assert results["mfu_percent"] == pytest.approx(100 * results["achieved_tflops"] / 1.0)
+    assert results["achieved_tflops"] == pytest.approx(
+        results["gflops_per_image_step"] * results["images_per_second"] / 1e3)
+    assert "images/s" in capsys.readouterr().out
