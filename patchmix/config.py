@@ -386,6 +386,8 @@ class ClassifierConfig(EvalConfig):
                               "(default: every step)")
     clip_grad: float = _opt(0.0, "clip the gradient norm to this value (0 = off)")
     log_freq: int = _opt(20, "write TensorBoard scalars every N steps")
+    stop_after_epochs: int = _opt(0, "stop after this many epochs of this invocation, as a pre-emption would "
+                                  "(0 = run to the end); re-run the same command to continue")
 
 
 @dataclass

@@ -1,0 +1,24 @@
+"""Shared pieces of the fine-tuning recipes (official protocol, spec 5.3).
+
+A recipe combines a dataset base with an architecture's learning rate::
+
+    CONFIG = {**CIFAR, **VIT_TINY, "dataset": "cifar10", "pretrained_weights": "cifar10-vit-tiny-pretrain"}
+    OFFICIAL = dict(CIFAR_OFFICIAL)
+
+Everything else keeps the defaults of ``patchmix.config.FinetuneConfig``, which are the official values:
+AdamW, weight decay 0.05, layer-wise lr decay 0.75, drop path 0.1, 100 epochs with 10 of warm-up from 1e-6,
+cosine to 1e-5, RandAugment rand-m9-mstd0.5-inc1, RandomErasing 0.25, Mixup 0.8 / CutMix 1.0 (switch 0.5),
+label smoothing 0.1. The official code reports the best epoch; results.json has the last (headline) and best.
+"""
+
+# CIFAR: RandomCrop(32, padding 4) instead of RandomResizedCrop; test images as they are. Batch 256.
+CIFAR = {"batch_size": 256, "crop_padding": 4, "crop_pct": 1.0, "num_workers": 8}
+CIFAR_OFFICIAL = {"lr_per_epoch": True}
+# ImageNet: RandomResizedCrop(224, 0.08-1); test resize 256, centre crop 224. Batch 1024 (lr x 4).
+IMAGENET = {"dataset": "imagenet", "batch_size": 1024, "crop_pct": 0.875, "num_workers": 10}
+IMAGENET_OFFICIAL = {"lr_per_epoch": True}
+
+# lr = BASE_LR x BATCH_SIZE / 256
+VIT_TINY = {"base_lr": 1e-3}
+VIT_SMALL = {"base_lr": 5e-4}
+VIT_BASE = {"base_lr": 5e-4}
