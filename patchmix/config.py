@@ -97,6 +97,8 @@ class PretrainConfig:
     blur_probs: tuple[float, ...] = _opt((1.0, 0.1, 0.5), "Gaussian-blur probability of view 1, view 2 and "
                                          "the local crops")
     solarize_probs: tuple[float, ...] = _opt((0.0, 0.2), "solarisation probability of view 1 and view 2")
+    color_jitter: tuple[float, ...] = _opt((0.4, 0.4, 0.2, 0.1), "brightness, contrast, saturation and hue "
+                                           "strengths of the colour jitter (applied with p=0.8)")
     local_crops_number: int = _opt(0, "number of extra small crops, each also mixed (official ImageNet: 8)")
     local_crop_size: int = _opt(96, "side of the local crops in pixels")
     local_crop_scale: tuple[float, ...] = _opt((0.05, 0.35), "area range of the local crops")

@@ -65,10 +65,11 @@ class Solarize:
         return ImageOps.solarize(image, threshold=128)
 
 
-def _view(size: int, scale: tuple[float, float], blur_prob: float, solarize_prob: float) -> Callable:
+def _view(size: int, scale: tuple[float, float], blur_prob: float, solarize_prob: float,
+          color_jitter: Sequence[float] = (0.4, 0.4, 0.2, 0.1)) -> Callable:
     ops: list = [
         transforms.RandomResizedCrop(size, scale=scale, interpolation=InterpolationMode.BICUBIC),
-        transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+        transforms.RandomApply([transforms.ColorJitter(*color_jitter)], p=0.8),
         transforms.RandomGrayscale(p=0.2),
     ]
     if blur_prob > 0:
@@ -90,14 +91,16 @@ class PatchMixTransform:
 
     def __init__(self, img_size: int, crop_min: float, blur_probs: Sequence[float] = (1.0, 0.1, 0.5),
                  solarize_probs: Sequence[float] = (0.0, 0.2), local_crops_number: int = 0,
-                 local_crop_size: int = 96, local_crop_scale: Sequence[float] = (0.05, 0.35)) -> None:
-        if len(blur_probs) != 3 or len(solarize_probs) != 2 or len(local_crop_scale) != 2:
-            raise ValueError("blur_probs takes 3 values (view 1, view 2, local crops), solarize_probs 2 and "
-                             "local_crop_scale 2.")
-        self.view1 = _view(img_size, (crop_min, 1.0), blur_probs[0], solarize_probs[0])
-        self.view2 = _view(img_size, (crop_min, 1.0), blur_probs[1], solarize_probs[1])
+                 local_crop_size: int = 96, local_crop_scale: Sequence[float] = (0.05, 0.35),
+                 color_jitter: Sequence[float] = (0.4, 0.4, 0.2, 0.1)) -> None:
+        if (len(blur_probs) != 3 or len(solarize_probs) != 2 or len(local_crop_scale) != 2
+                or len(color_jitter) != 4):
+            raise ValueError("blur_probs takes 3 values (view 1, view 2, local crops), solarize_probs 2, "
+                             "local_crop_scale 2 and color_jitter 4 (brightness, contrast, saturation, hue).")
+        self.view1 = _view(img_size, (crop_min, 1.0), blur_probs[0], solarize_probs[0], color_jitter)
+        self.view2 = _view(img_size, (crop_min, 1.0), blur_probs[1], solarize_probs[1], color_jitter)
         self.local_crops_number = local_crops_number
-        self.local = _view(local_crop_size, tuple(local_crop_scale), blur_probs[2], 0.0)
+        self.local = _view(local_crop_size, tuple(local_crop_scale), blur_probs[2], 0.0, color_jitter)
 
     def __call__(self, image: Image.Image) -> list[torch.Tensor]:
         views = [self.view1(image), self.view2(image)]
@@ -309,9 +312,15 @@ class SeededTransformDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple:
         index, epoch = key
         image, label = self.dataset[index]
-        with torch.random.fork_rng(devices=[]):
+        if torch.utils.data.get_worker_info() is not None:  # a loader worker: its RNG serves nobody else
             torch.manual_seed(sample_seed(self.seed, epoch, index))
             return self.transform(image), label
+        state = torch.get_rng_state()
+        torch.manual_seed(sample_seed(self.seed, epoch, index))
+        try:
+            return self.transform(image), label
+        finally:
+            torch.set_rng_state(state)
 
 
 class ResumableDistributedSampler(DistributedSampler):

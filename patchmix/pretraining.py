@@ -68,7 +68,8 @@ def build_loader(cfg: PretrainConfig, env: DistInfo, per_process_batch: int
     barrier()
     dataset = fixed_subset(build_dataset(cfg.dataset, cfg.data_path, train=True), cfg.train_subset)
     transform = PatchMixTransform(cfg.img_size, cfg.crop_min, cfg.blur_probs, cfg.solarize_probs,
-                                  cfg.local_crops_number, cfg.local_crop_size, cfg.local_crop_scale)
+                                  cfg.local_crops_number, cfg.local_crop_size, cfg.local_crop_scale,
+                                  cfg.color_jitter)
     train_set = SeededTransformDataset(dataset, transform, cfg.seed)
     sampler = ResumableDistributedSampler(train_set, env.world_size, env.rank, seed=cfg.seed)
     loader = torch.utils.data.DataLoader(

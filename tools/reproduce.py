@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--train-subset", type=int, default=20000)
+    parser.add_argument("--train-subset", type=int, default=16000)
     parser.add_argument("--bank-size", type=int, default=10000, help="train images in the kNN bank / probe")
     parser.add_argument("--rows", nargs="*", default=None, help="only these rows (names as in the table)")
     parser.add_argument("--output-dir", default="output/reproduction")
