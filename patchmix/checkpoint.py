@@ -7,6 +7,7 @@ complete file, whatever moment a job is killed at. It holds only tensors, number
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 
 __all__ = ["save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng", "CheckpointError",
-           "LATEST_NAME", "FORMAT_VERSION"]
+           "prepare_run_dir", "LATEST_NAME", "FORMAT_VERSION"]
 
 LATEST_NAME = "checkpoint.pth"
 FORMAT_VERSION = 1
@@ -82,3 +83,37 @@ def restore_rng(state: dict[str, Any], generators: dict[str, torch.Generator] | 
         key = f"generator/{name}"
         if key in state:
             generator.set_state(state[key])
+
+
+def prepare_run_dir(cfg: Any, is_main: bool, run_only_keys: tuple[str, ...], resumable: bool = True
+                    ) -> tuple[Path, Path | None]:
+    """Create ``cfg.output_dir``, pick the checkpoint to resume from, and save ``config.json``.
+
+    Resumes from ``cfg.resume`` or, when empty, from ``OUTPUT_DIR/checkpoint.pth`` if it exists. A directory
+    holding a run whose config differs in anything but ``run_only_keys`` is refused (unless
+    ``cfg.allow_config_change``): continuing it would silently mix two experiments.
+    """
+    from patchmix.config import ConfigError, config_differences, config_to_dict, save_config
+    from patchmix.distributed import barrier
+
+    output_dir = Path(cfg.output_dir)
+    resume: Path | None = None
+    if resumable:
+        resume = Path(cfg.resume) if cfg.resume else None
+        if resume is None and (output_dir / LATEST_NAME).is_file():
+            resume = output_dir / LATEST_NAME
+        if resume is not None and not resume.is_file():
+            raise ConfigError(f"--resume {resume}: no such file.")
+        saved_path = output_dir / "config.json"
+        if saved_path.is_file() and (output_dir / LATEST_NAME).is_file():
+            saved = json.loads(saved_path.read_text())
+            differences = config_differences(saved, config_to_dict(cfg), ignore=run_only_keys)
+            if differences and not cfg.allow_config_change:
+                listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(differences.items())[:8])
+                raise ConfigError(f"{output_dir} holds a run with a different config ({listed}). Use another "
+                                  f"--output-dir, or pass --allow-config-change to continue that run anyway.")
+    if is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, output_dir / "config.json")
+    barrier()
+    return output_dir, resume

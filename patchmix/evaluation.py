@@ -19,11 +19,13 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from patchmix.checkpoint import LATEST_NAME, CheckpointError, save_checkpoint
-from patchmix.config import ConfigError, EvalConfig, KnnConfig, config_differences, config_to_dict, save_config
+from patchmix import checkpoint
+from patchmix.checkpoint import CheckpointError, save_checkpoint
+from patchmix.config import ConfigError, EvalConfig, KnnConfig
 from patchmix.data import DataError, build_dataset, eval_transform, fixed_subset, num_classes
 from patchmix.distributed import DistInfo, barrier, cleanup, get_rank, get_world_size, is_distributed
 from patchmix.knn import extract_features, weighted_knn
+from patchmix.models import cls_features
 from patchmix.weights import LoadedWeights, WeightsError, build_model, load_weights, resolve_weights
 
 __all__ = ["USER_ERRORS", "run_script", "RUN_ONLY_KEYS", "load_pretrained", "input_size", "build_splits",
@@ -141,32 +143,8 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device,
 
 
 def prepare_run_dir(cfg: Any, is_main: bool, resumable: bool = True) -> tuple[Path, Path | None]:
-    """Create the output directory, pick the checkpoint to resume from and save ``config.json``.
-
-    A directory holding a run with a different config is refused (unless ``--allow-config-change``):
-    continuing it would silently mix two experiments.
-    """
-    output_dir = Path(cfg.output_dir)
-    resume: Path | None = None
-    if resumable:
-        resume = Path(cfg.resume) if cfg.resume else None
-        if resume is None and (output_dir / LATEST_NAME).is_file():
-            resume = output_dir / LATEST_NAME
-        if resume is not None and not resume.is_file():
-            raise ConfigError(f"--resume {resume}: no such file.")
-        saved_path = output_dir / "config.json"
-        if saved_path.is_file() and (output_dir / LATEST_NAME).is_file():
-            saved = json.loads(saved_path.read_text())
-            differences = config_differences(saved, config_to_dict(cfg), ignore=RUN_ONLY_KEYS)
-            if differences and not cfg.allow_config_change:
-                listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(differences.items())[:8])
-                raise ConfigError(f"{output_dir} holds a run with a different config ({listed}). Use another "
-                                  f"--output-dir, or pass --allow-config-change to continue that run anyway.")
-    if is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, output_dir / "config.json")
-    barrier()
-    return output_dir, resume
+    """Output directory, checkpoint to resume from, saved config (see :func:`patchmix.checkpoint.prepare_run_dir`)."""
+    return checkpoint.prepare_run_dir(cfg, is_main, RUN_ONLY_KEYS, resumable)
 
 
 def seed_everything(seed: int) -> None:
@@ -182,13 +160,6 @@ def write_results(output_dir: Path, results: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps(results, indent=2) + "\n")
     tmp.replace(path)
     return path
-
-
-def cls_features(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The feature every protocol uses: the CLS token after the final LayerNorm (no head)."""
-    def encode(images: torch.Tensor) -> torch.Tensor:
-        return model.forward_head(model.forward_features(images), pre_logits=True)
-    return encode
 
 
 # --------------------------------------------------------------------------------------------------------------

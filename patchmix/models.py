@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
-__all__ = ["ARCHS", "ArchSpec", "arch_spec", "build_backbone", "build_mlp", "PatchMixModel"]
+__all__ = ["ARCHS", "ArchSpec", "arch_spec", "build_backbone", "build_mlp", "cls_features", "encode", "PatchMixModel"]
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,11 @@ def build_mlp(num_layers: int, input_dim: int, hidden_dim: int, output_dim: int,
     return nn.Sequential(*layers)
 
 
-def _features(encoder: VisionTransformer, images: torch.Tensor) -> torch.Tensor:
-    return encoder.forward_head(encoder.forward_features(images), pre_logits=True)
+def cls_features(encoder: VisionTransformer) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The feature of every protocol: ``images -> CLS token after the final LayerNorm`` (no head)."""
+    def encode(images: torch.Tensor) -> torch.Tensor:
+        return encoder.forward_head(encoder.forward_features(images), pre_logits=True)
+    return encode
 
 
 def encode(encoder: VisionTransformer, inputs: list[torch.Tensor], fuse: bool = True) -> list[torch.Tensor]:
@@ -115,11 +119,11 @@ def encode(encoder: VisionTransformer, inputs: list[torch.Tensor], fuse: bool = 
             by_shape.setdefault(tuple(x.shape[1:]), []).append(index)
         for indices in by_shape.values():
             batch = torch.cat([inputs[i] for i in indices]) if len(indices) > 1 else inputs[indices[0]]
-            chunks = _features(encoder, batch).split([inputs[i].shape[0] for i in indices])
+            chunks = cls_features(encoder)(batch).split([inputs[i].shape[0] for i in indices])
             for i, chunk in zip(indices, chunks):
                 features[i] = chunk
     else:
-        features = [_features(encoder, x) for x in inputs]
+        features = [cls_features(encoder)(x) for x in inputs]
     return [encoder.head(f) for f in features]
 
 

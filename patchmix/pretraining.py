@@ -12,14 +12,15 @@ from typing import Any
 
 import torch
 
-from patchmix.checkpoint import FORMAT_VERSION, LATEST_NAME, capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from patchmix.config import ConfigError, PretrainConfig, config_differences, config_to_dict, save_config
+from patchmix.checkpoint import (FORMAT_VERSION, capture_rng, load_checkpoint, prepare_run_dir, restore_rng,
+                                 save_checkpoint)
+from patchmix.config import ConfigError, PretrainConfig, config_to_dict
 from patchmix.data import (PatchMixTransform, ResumableDistributedSampler, SeededTransformDataset, build_dataset,
                            eval_transform, fixed_subset, num_classes)
 from patchmix.distributed import DistInfo, barrier
 from patchmix.knn import extract_features, weighted_knn
 from patchmix.loss import LossWeights, PatchMixLoss
-from patchmix.models import PatchMixModel, arch_spec
+from patchmix.models import PatchMixModel, arch_spec, cls_features
 from patchmix.schedules import Schedules
 
 __all__ = ["backbone_kwargs", "check_pretrain_config", "prepare_output_dir", "steps_per_epoch",
@@ -155,28 +156,8 @@ def steps_per_epoch(samples_per_process: int, per_process_batch: int, cfg: Pretr
 
 
 def prepare_output_dir(cfg: PretrainConfig, is_main: bool) -> tuple[Path, Path | None]:
-    """Create the output directory, pick the checkpoint to resume from, and save ``config.json``.
-
-    An output directory that already holds a run with a different config is refused (unless
-    ``--allow-config-change``): continuing it would silently mix two experiments.
-    """
-    output_dir = Path(cfg.output_dir)
-    resume: Path | None = Path(cfg.resume) if cfg.resume else None
-    if resume is None and (output_dir / LATEST_NAME).is_file():
-        resume = output_dir / LATEST_NAME
-    saved_path = output_dir / "config.json"
-    if saved_path.is_file() and (output_dir / LATEST_NAME).is_file():
-        saved = json.loads(saved_path.read_text())
-        differences = config_differences(saved, config_to_dict(cfg), ignore=RUN_ONLY_KEYS)
-        if differences and not cfg.allow_config_change:
-            listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in
-                               ((k, *v) for k, v in list(differences.items())[:8]))
-            raise ConfigError(f"{output_dir} holds a run with a different config ({listed}). Use another "
-                              f"--output-dir, or pass --allow-config-change to continue that run anyway.")
-    if is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, saved_path)
-    return output_dir, resume
+    """Output directory, checkpoint to resume from, saved config (see :func:`patchmix.checkpoint.prepare_run_dir`)."""
+    return prepare_run_dir(cfg, is_main, RUN_ONLY_KEYS)
 
 
 def _git_revision() -> str:
@@ -232,11 +213,7 @@ def knn_report(cfg: PretrainConfig, model: PatchMixModel, env: DistInfo, output_
     classes = num_classes(train)
 
     def accuracy(encoder: torch.nn.Module) -> dict:
-        encoder.eval()
-
-        def encode(images: torch.Tensor) -> torch.Tensor:
-            return encoder.forward_head(encoder.forward_features(images), pre_logits=True)
-
+        encode = cls_features(encoder.eval())
         bank, bank_labels = extract_features(encode, train, 256, env.device, cfg.num_workers)
         queries, labels = extract_features(encode, test, 256, env.device, cfg.num_workers)
         return weighted_knn(bank, bank_labels, queries, labels, classes, ks=(20,))[20]

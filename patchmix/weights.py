@@ -538,7 +538,7 @@ def infer_backbone(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
 def _describe_backbone(kwargs: dict[str, Any], heads: str | None = None) -> str:
     arch = kwargs.get("arch")
     named = arch in ARCHS and (ARCHS[arch].embed_dim, ARCHS[arch].depth) == (kwargs["embed_dim"], kwargs["depth"])
-    name = arch if named else f"a custom ViT"
+    name = arch if named else "a custom ViT"
     img = f" at {kwargs['img_size']} px" if kwargs.get("img_size") else ""
     heads = heads if heads is not None else f"{kwargs['num_heads']} heads"
     return f"{name}/{kwargs['patch_size']}{img} ({kwargs['embed_dim']}-d, {kwargs['depth']} blocks, {heads})"
