@@ -231,6 +231,7 @@ def _add_field_argument(group: argparse._ArgumentGroup, f: dataclasses.Field, ft
 
 def build_parser(cls: type, description: str, epilog: str = "") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, epilog=epilog,
+                                     usage="%(prog)s [--config NAME] [--preset {paper,official}] [--OPTION VALUE ...]",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, help="config module: a name in config/<kind>/ or a path")
     types = _field_types(cls)
