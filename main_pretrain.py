@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         from tqdm import tqdm
         writer = SummaryWriter(str(output_dir / "tensorboard"))
         progress = tqdm(total=iterations * cfg.epochs, initial=start_epoch * iterations + start_step,
-                        desc="pretrain", dynamic_ncols=True, file=sys.stdout)
+                        desc="pretrain", dynamic_ncols=True, file=sys.stdout,
+                        mininterval=0.1 if sys.stdout.isatty() else 30.0)  # sparse updates in log files
     log = JsonLog(output_dir / "log.txt")
     stop = StopFlag(cfg.stop_after_steps).install()
     latest = output_dir / LATEST_NAME
