@@ -23,7 +23,7 @@ import torch
 
 from patchmix.checkpoint import LATEST_NAME
 from patchmix.config import PretrainConfig, parse_config
-from patchmix.distributed import cleanup, init_distributed, parameters_in_sync, wrap_ddp
+from patchmix.distributed import cleanup, init_distributed, parameters_in_sync, progress_bar, wrap_ddp
 from patchmix.engine import JsonLog, StepContext, StopFlag, amp_dtype, build_optimizer, train_one_epoch
 from patchmix.pretraining import (TrainingState, build_criterion, build_loader, build_model, build_schedules,
                                   check_pretrain_config, keep_numbered_copy, knn_report, prepare_output_dir,
@@ -59,11 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     writer = progress = None
     if env.is_main:
         from torch.utils.tensorboard import SummaryWriter
-        from tqdm import tqdm
         writer = SummaryWriter(str(output_dir / "tensorboard"))
-        progress = tqdm(total=iterations * cfg.epochs, initial=start_epoch * iterations + start_step,
-                        desc="pretrain", dynamic_ncols=True, file=sys.stdout,
-                        mininterval=0.1 if sys.stdout.isatty() else 30.0)  # sparse updates in log files
+        progress = progress_bar(total=iterations * cfg.epochs, initial=start_epoch * iterations + start_step,
+                                desc="pretrain")
     log = JsonLog(output_dir / "log.txt")
     stop = StopFlag(cfg.stop_after_steps).install()
     latest = output_dir / LATEST_NAME

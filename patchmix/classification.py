@@ -19,7 +19,6 @@ rank), so resuming from an epoch boundary reproduces the uninterrupted run.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -32,7 +31,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from patchmix.checkpoint import FORMAT_VERSION, LATEST_NAME, load_checkpoint, save_checkpoint
 from patchmix.config import ClassifierConfig, ConfigError, FinetuneConfig, LinearConfig, config_to_dict
 from patchmix.data import IMAGENET_MEAN, IMAGENET_STD, eval_transform, num_classes
-from patchmix.distributed import DistInfo, all_reduce_mean, barrier, wrap_ddp
+from patchmix.distributed import DistInfo, all_reduce_mean, barrier, progress_bar, wrap_ddp
 from patchmix.evaluation import (build_splits, evaluate, input_size, load_pretrained, per_process_batch,
                                  prepare_run_dir, seed_everything, test_loader, write_results)
 from patchmix.weights import LoadedWeights, build_model
@@ -329,10 +328,8 @@ def run_classifier(cfg: ClassifierConfig, kind: str, env: DistInfo) -> dict[str,
     writer = progress = None
     if env.is_main:
         from torch.utils.tensorboard import SummaryWriter
-        from tqdm import tqdm
         writer = SummaryWriter(str(output_dir / "tensorboard"))
-        progress = tqdm(total=len(loader) * cfg.epochs, initial=len(loader) * start_epoch, desc=kind,
-                        dynamic_ncols=True, file=sys.stdout)
+        progress = progress_bar(total=len(loader) * cfg.epochs, initial=len(loader) * start_epoch, desc=kind)
     log = JsonLog(output_dir / "log.txt")
     cfg_dict = config_to_dict(cfg)
     for epoch in range(start_epoch, cfg.epochs):

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistInfo", "init_distributed", "is_distributed", "get_rank", "get_world_size", "is_main_process",
-           "parameters_in_sync", "wrap_ddp", "pick_device",
+           "parameters_in_sync", "wrap_ddp", "pick_device", "progress_bar",
            "barrier", "concat_all_gather", "all_reduce_mean", "cleanup"]
 
 
@@ -147,3 +147,11 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device) -> tuple[torch.nn.Mod
     trained = torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None, **buffers)
     return model, trained
+
+
+def progress_bar(**kwargs):
+    """A tqdm bar on stdout for rank 0: live in a terminal, an update every 30 s when written to a log file."""
+    import sys
+    from tqdm import tqdm
+    kwargs.setdefault("mininterval", 0.1 if sys.stdout.isatty() else 30.0)
+    return tqdm(file=sys.stdout, dynamic_ncols=True, **kwargs)

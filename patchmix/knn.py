@@ -90,8 +90,8 @@ def extract_features(encode: Callable[[torch.Tensor], torch.Tensor], dataset: Da
     labels = torch.zeros(len(dataset), dtype=torch.long, device=device)
     iterator = loader
     if progress and get_rank() == 0:
-        from tqdm import tqdm
-        iterator = tqdm(loader, desc="features", leave=False)
+        from patchmix.distributed import progress_bar
+        iterator = progress_bar(iterable=loader, desc="features", leave=False)
     for images, targets, indices in iterator:
         images = images.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
