@@ -67,32 +67,35 @@ def main(argv: list[str] | None = None) -> int:
     latest = output_dir / LATEST_NAME
     completed_epochs = start_epoch
 
-    for epoch in range(start_epoch, cfg.epochs):
-        first_step = start_step if epoch == start_epoch else 0
-        sampler.set_epoch(epoch)
-        sampler.set_start(first_step * per_process_batch)
-        tic = time.time()
-        result = train_one_epoch(step_context, loader, schedules, epoch, first_step, stop, writer, cfg.log_freq,
-                                 progress)
-        if result.stopped:  # pre-empted mid-epoch: save the exact position
-            state.save(latest, epoch, result.steps_done)
-            break
-        if not parameters_in_sync(model):
-            raise RuntimeError(f"the processes' parameters differ after epoch {epoch + 1}; the run is broken.")
-        state.save(latest, epoch + 1, 0)
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            first_step = start_step if epoch == start_epoch else 0
+            sampler.set_epoch(epoch)
+            sampler.set_start(first_step * per_process_batch)
+            tic = time.time()
+            result = train_one_epoch(step_context, loader, schedules, epoch, first_step, stop, writer,
+                                     cfg.log_freq, progress)
+            if result.stopped:  # pre-empted mid-epoch: save the exact position
+                state.save(latest, epoch, result.steps_done)
+                break
+            if not parameters_in_sync(model):
+                raise RuntimeError(f"the processes' parameters differ after epoch {epoch + 1}; the run is broken.")
+            state.save(latest, epoch + 1, 0)
+            if env.is_main:
+                keep_numbered_copy(latest, epoch + 1, cfg.save_freq, cfg.epochs)
+                log.write({"epoch": epoch + 1, **{f"train_{k}": v for k, v in result.metrics.items()},
+                           "epoch_seconds": time.time() - tic, "world_size": env.world_size,
+                           "replicas_in_sync": True})
+                progress.write(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(
+                    f"{k}={v:.4g}" for k, v in result.metrics.items()))
+            completed_epochs = epoch + 1
+            if stop.triggered:
+                break
+    finally:  # also on errors: give the signals back, flush TensorBoard
+        stop.uninstall()
         if env.is_main:
-            keep_numbered_copy(latest, epoch + 1, cfg.save_freq, cfg.epochs)
-            log.write({"epoch": epoch + 1, **{f"train_{k}": v for k, v in result.metrics.items()},
-                       "epoch_seconds": time.time() - tic, "world_size": env.world_size, "replicas_in_sync": True})
-            progress.write(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(
-                f"{k}={v:.4g}" for k, v in result.metrics.items()))
-        completed_epochs = epoch + 1
-        if stop.triggered:
-            break
-    stop.uninstall()
-    if env.is_main:
-        progress.close()
-        writer.close()
+            progress.close()
+            writer.close()
 
     if completed_epochs < cfg.epochs:
         if env.is_main:

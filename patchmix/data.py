@@ -315,12 +315,16 @@ class SeededTransformDataset(Dataset):
         if torch.utils.data.get_worker_info() is not None:  # a loader worker: its RNG serves nobody else
             torch.manual_seed(sample_seed(self.seed, epoch, index))
             return self.transform(image), label
-        state = torch.get_rng_state()
+        # In the training process: torch.manual_seed also reseeds CUDA, so both states are put back.
+        cpu_state = torch.get_rng_state()
+        cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
         torch.manual_seed(sample_seed(self.seed, epoch, index))
         try:
             return self.transform(image), label
         finally:
-            torch.set_rng_state(state)
+            torch.set_rng_state(cpu_state)
+            if cuda_states is not None:
+                torch.cuda.set_rng_state_all(cuda_states)
 
 
 class ResumableDistributedSampler(DistributedSampler):

@@ -40,9 +40,10 @@ def build_optimizer(model: torch.nn.Module, weight_decay: float) -> torch.optim.
 
     The decayed group is marked ``apply_weight_decay`` so the weight-decay schedule knows which to set.
     """
-    groups = param_groups_weight_decay(model, weight_decay=weight_decay)
+    groups = param_groups_weight_decay(model, weight_decay=1.0)  # any non-zero value: only the split matters
     for group in groups:
         group["apply_weight_decay"] = group["weight_decay"] > 0
+        group["weight_decay"] = weight_decay if group["apply_weight_decay"] else 0.0
     return torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.999), eps=1e-8)
 
 
@@ -65,7 +66,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 class StopFlag:
-    """Set by SIGTERM/SIGINT (pre-emption) or a step budget; checked between steps on every process."""
+    """Set by SIGTERM/SIGUSR1 (pre-emption) or a step budget; checked between steps on every process."""
 
     def __init__(self, max_steps: int = 0) -> None:
         self.requested = False  # a signal arrived
@@ -192,11 +193,18 @@ def train_step(ctx: StepContext, views: list[torch.Tensor], lr: float, wd: float
         loss, terms = ctx.criterion(outputs, mix_to_origin, mix_to_mix, temperature)
         values = {name: value.item() for name, value in terms.items()}
         values["loss"] = loss.item()
-    if not math.isfinite(values["loss"]):
+    finite = math.isfinite(values["loss"])
+    if is_distributed():  # every process stops at the same step, none is left waiting in a collective
+        flag = torch.tensor([0.0 if finite else 1.0], device=ctx.device if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        finite = flag.item() == 0.0
+    if not finite:
         detail = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-        raise NonFiniteLossError(f"non-finite loss at {where or 'this step'}: {detail}; lr={lr:.3g}, "
-                                 f"temperature={temperature}. Lower --base-lr, set --clip-grad (e.g. 3.0), or use "
-                                 f"--amp bf16/none instead of fp16.")
+        raise NonFiniteLossError(f"non-finite loss at {where or 'this step'} (on at least one process; this "
+                                 f"one: {detail}); lr={lr:.3g}, temperature={temperature}. Lower --base-lr, set "
+                                 f"--clip-grad (e.g. 3.0), or use --amp bf16/none instead of fp16, and re-run with "
+                                 f"--allow-config-change to continue from the last checkpoint with the new "
+                                 f"setting.")
     with timer("backward"):
         ctx.optimizer.zero_grad(set_to_none=True)
         ctx.scaler.scale(loss).backward()

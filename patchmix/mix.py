@@ -40,6 +40,11 @@ def _check_arguments(images: torch.Tensor, num_mix: int, patch_size: int) -> Non
         raise ValueError(f"image size {height}x{width} is not divisible by the patch size {patch_size}; "
                          f"choose an image size that is a multiple of {patch_size} (e.g. "
                          f"{max(patch_size, height // patch_size * patch_size)}).")
+    num_patches = (height // patch_size) * (width // patch_size)
+    if num_mix > num_patches:
+        raise ValueError(f"num_mix {num_mix} is larger than the {num_patches} patches of a "
+                         f"{height}x{width} image with patch size {patch_size}: every mixed image needs at least "
+                         f"one patch from each source. Use a smaller num_mix or patch size.")
     batch = images.shape[0]
     if num_mix > 1 and batch < 2 * num_mix - 1:
         raise ValueError(f"the batch per process ({batch}) is smaller than 2*num_mix-1 = {2 * num_mix - 1}: "

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from patchmix.checkpoint import (FORMAT_VERSION, capture_rng, load_checkpoint, prepare_run_dir, restore_rng,
+from patchmix.checkpoint import (FORMAT_VERSION, CheckpointError, capture_rng, load_checkpoint, prepare_run_dir, restore_rng,
                                  save_checkpoint)
 from patchmix.config import ConfigError, PretrainConfig, config_to_dict
 from patchmix.data import (PatchMixTransform, ResumableDistributedSampler, SeededTransformDataset, build_dataset,
@@ -129,12 +129,23 @@ class TrainingState:
     def restore(self, path: Path) -> tuple[int, int]:
         """Load ``path``; return ``(epoch, step_in_epoch)`` to continue from."""
         state = load_checkpoint(path)
+        if "model" not in state or "optimizer" not in state:
+            raise CheckpointError(f"{path} is not a resumable checkpoint of this code (it has {sorted(state)[:6]}). "
+                                  f"To start from other weights, train a new run; --resume only continues runs "
+                                  f"written by main_pretrain.py.")
+        if int(state.get("format_version", 0)) > FORMAT_VERSION:
+            raise CheckpointError(f"{path} was written by a newer version of this code (format "
+                                  f"{state['format_version']} > {FORMAT_VERSION}); update the code.")
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as error:
+            saved = state.get("config", {})
+            settings = {k: saved.get(k) for k in ("use_momentum", "hidden_dim", "out_dim", "proj_layers",
+                                                  "pred_layers") if k in saved}
             raise ConfigError(f"checkpoint {path} does not fit this model ({str(error).splitlines()[0]}...). "
-                              f"It was saved with backbone {state.get('backbone')}; use matching --arch / "
-                              f"--patch-size / --img-size, or another --output-dir.") from error
+                              f"It was saved with backbone {state.get('backbone')} and {settings}; use matching "
+                              f"--arch / --patch-size / --img-size / head settings, or another --output-dir."
+                              ) from error
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])

@@ -20,9 +20,10 @@ def cosine(start: float, end: float, progress: float) -> float:
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, peak: float, final: float,
                   warmup_start: float = 0.0) -> float:
-    """Linear warmup from ``warmup_start`` to ``peak`` over ``warmup_steps``, then cosine to ``final``."""
+    """Linear warmup from ``warmup_start`` to ``peak`` over ``warmup_steps`` (``peak`` at the last warm-up step,
+    like DINO's ``linspace``), then cosine to ``final``."""
     if step < warmup_steps:
-        return warmup_start + (peak - warmup_start) * step / warmup_steps
+        return warmup_start + (peak - warmup_start) * step / max(1, warmup_steps - 1)
     return cosine(peak, final, (step - warmup_steps) / max(1, total_steps - warmup_steps))
 
 

@@ -29,6 +29,8 @@ def test_recipes_resolve(name, preset):
     assert cfg.preset == preset
     assert cfg.num_mix == (3 if preset == "paper" else 2)
     assert cfg.momentum_per_epoch == (preset == "official")
+    if name != "demo":  # the CPU demo keeps full precision under both presets
+        assert cfg.amp == ("fp16" if preset == "official" else "auto")
 
 
 def test_recipe_values_follow_the_spec():

@@ -157,6 +157,7 @@ def test_cuda_matches_cpu():
     (dict(images=torch.randn(4, 3, 8, 8), num_mix=2.0, patch_size=2), "num_mix must be an integer >= 1"),
     (dict(images=torch.randn(4, 3, 10, 10), num_mix=2, patch_size=4), "not divisible by the patch size 4"),
     (dict(images=torch.randn(3, 8, 8), num_mix=2, patch_size=2), "expects a \\(B, C, H, W\\) batch"),
+    (dict(images=torch.randn(40, 3, 8, 8), num_mix=5, patch_size=4), "num_mix 5 is larger than the 4 patches"),
 ])
 def test_bad_inputs_raise_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -146,6 +146,10 @@ def test_optimizer_groups_decay_weights_not_biases_or_norms():
     assert "base_encoder.blocks.0.attn.qkv.bias" in plain and "base_encoder.norm.weight" in plain
     assert "predictor.1.weight" in plain
     assert not any(n.startswith("momentum_encoder") for n in decayed | plain)
+    # the split does not depend on the value: a run starting at weight decay 0 still follows its schedule
+    groups = build_optimizer(model, 0.0).param_groups
+    assert [g["apply_weight_decay"] for g in groups].count(True) == 1
+    assert all(g["weight_decay"] == 0.0 for g in groups)
 
 
 def _schedules(**kwargs):
@@ -158,7 +162,9 @@ def _schedules(**kwargs):
 
 def test_learning_rate_warmup_then_cosine():
     s = _schedules()
-    assert s.lr(0) == 0.0 and s.lr(5) == pytest.approx(0.5) and s.lr(10) == pytest.approx(1.0)
+    # DINO's linspace warm-up: 0 at step 0, the peak at the last warm-up step
+    assert s.lr(0) == 0.0 and s.lr(3) == pytest.approx(3 / 9) and s.lr(9) == pytest.approx(1.0)
+    assert s.lr(10) == pytest.approx(1.0)
     assert s.lr(25) == pytest.approx(0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 15 / 30)))
     assert s.lr(40) == pytest.approx(0.01)
     assert all(s.lr(i) >= s.lr(i + 1) for i in range(10, 40))

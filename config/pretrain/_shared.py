@@ -11,7 +11,7 @@ authors' released code. Everything not listed keeps the defaults of ``patchmix.c
 """
 
 # The official code differs from the paper in these ways on every recipe (README, "Paper vs. official code").
-COMMON_OFFICIAL = {"num_mix": 2, "momentum_per_epoch": True}
+COMMON_OFFICIAL = {"num_mix": 2, "momentum_per_epoch": True, "amp": "fp16"}  # fp16 autocast + GradScaler
 
 CIFAR = {"img_size": 32, "patch_size": 2, "crop_min": 0.1, "epochs": 800, "warmup_epochs": 100,
          "batch_size": 512, "save_freq": 100, "num_workers": 8}

@@ -15,4 +15,4 @@ CONFIG = {
     "num_workers": 2, "save_freq": 1, "log_freq": 5, "output_dir": "output/demo",
     "knn_eval": True, "knn_train_subset": 10000, "knn_test_subset": 2000,
 }
-OFFICIAL = {"num_mix": 2, "momentum_per_epoch": True}
+OFFICIAL = {"num_mix": 2, "momentum_per_epoch": True}  # no fp16 on the CPU
