@@ -153,5 +153,7 @@ def progress_bar(**kwargs):
     """A tqdm bar on stdout for rank 0: live in a terminal, an update every 30 s when written to a log file."""
     import sys
     from tqdm import tqdm
-    kwargs.setdefault("mininterval", 0.1 if sys.stdout.isatty() else 30.0)
+    if not sys.stdout.isatty():
+        kwargs.setdefault("mininterval", 30.0)
+        kwargs.setdefault("maxinterval", 60.0)
     return tqdm(file=sys.stdout, dynamic_ncols=True, **kwargs)
