@@ -41,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     iterations = steps_per_epoch(len(sampler), per_process_batch, cfg)
     model = build_model(cfg).to(env.device)
     if cfg.compile:
-        for encoder in filter(None, (model.base_encoder, model.momentum_encoder)):
-            encoder.forward_features = torch.compile(encoder.forward_features)
+        model.compile_backbones()
     model, trained = wrap_ddp(model, env.device)
     criterion = build_criterion(cfg)
     optimizer = build_optimizer(model, cfg.weight_decay)

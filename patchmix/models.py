@@ -156,6 +156,11 @@ class PatchMixModel(nn.Module):
                 momentum.data.copy_(online.data)
                 momentum.requires_grad = False
 
+    def compile_backbones(self) -> None:
+        """``torch.compile`` the backbone of each encoder (the heads stay eager; state-dict keys are unchanged)."""
+        for encoder in filter(None, (self.base_encoder, self.momentum_encoder)):
+            encoder.forward_features = torch.compile(encoder.forward_features)
+
     @property
     def key_encoder(self) -> VisionTransformer:
         return self.momentum_encoder if self.momentum_encoder is not None else self.base_encoder

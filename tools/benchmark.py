@@ -127,8 +127,7 @@ def run_benchmark(cfg: PretrainConfig, steps: int, warmup: int, data: str, peak_
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
     if cfg.compile:
-        for encoder in filter(None, (model.base_encoder, model.momentum_encoder)):
-            encoder.forward_features = torch.compile(encoder.forward_features)
+        model.compile_backbones()
     dtype = amp_dtype(cfg.amp, device)
     ctx = StepContext(model, build_criterion(cfg), build_optimizer(model, cfg.weight_decay),
                       torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), device, cfg.num_mix,
