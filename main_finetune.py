@@ -30,16 +30,13 @@ from __future__ import annotations
 
 import sys
 
-from patchmix.classification import run_classifier
-from patchmix.config import FinetuneConfig, parse_config
-from patchmix.distributed import init_distributed
-from patchmix.evaluation import run_script
+from patchmix.cli import run_script
+from patchmix.evaluation.classifier import run_classifier
+from patchmix.evaluation.finetune import Finetune, FinetuneConfig
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(FinetuneConfig, argv, kind="finetune", description=__doc__, default_config="demo")
-    env = init_distributed(cfg.device, cfg.dist_timeout_minutes)
-    return run_script(lambda: run_classifier(cfg, "finetune", env))
+    return run_script(FinetuneConfig, argv, "finetune", __doc__, lambda cfg, env: run_classifier(cfg, env, Finetune))
 
 
 if __name__ == "__main__":

@@ -26,15 +26,12 @@ from __future__ import annotations
 
 import sys
 
-from patchmix.config import KnnConfig, parse_config
-from patchmix.distributed import init_distributed
-from patchmix.evaluation import run_knn, run_script
+from patchmix.cli import run_script
+from patchmix.evaluation.knn import KnnConfig, run_knn
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(KnnConfig, argv, kind="knn", description=__doc__, default_config="demo")
-    env = init_distributed(cfg.device, cfg.dist_timeout_minutes)
-    return run_script(lambda: run_knn(cfg, env))
+    return run_script(KnnConfig, argv, "knn", __doc__, run_knn)
 
 
 if __name__ == "__main__":

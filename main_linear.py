@@ -16,30 +16,28 @@ main_pretrain.py`) on Fashion-MNIST in a few minutes.
 
 Examples:
   python main_linear.py                                            # the demo
-  python main_linear.py --pretrained-weights output/demo/checkpoint.pth --epochs 3
+  python main_linear.py --config demo --pretrained-weights output/run/checkpoint.pth --epochs 3
   python main_linear.py --config cifar10_vit_small --data-path data --pretrained-weights out/c10_s/checkpoint.pth
   python main_linear.py --config cifar100_vit_tiny --data-path data   # released ViT-T/2 weights (paper: 74.7)
   torchrun --nproc_per_node=8 main_linear.py --config imagenet_vit_small --data-path /data/imagenet
   python main_linear.py --config cifar10_vit_tiny --data-path data --eval-only \\
       --pretrained-weights cifar10-vit-tiny-linear                 # evaluate the released linear classifier
 
-Re-running a command with the same --output-dir resumes from OUTPUT_DIR/checkpoint.pth.
+Re-running a command with the same --output-dir resumes from OUTPUT_DIR/checkpoint.pth; SIGTERM or
+SIGUSR1 saves the exact position at the next step and exits 0.
 """
 
 from __future__ import annotations
 
 import sys
 
-from patchmix.classification import run_classifier
-from patchmix.config import LinearConfig, parse_config
-from patchmix.distributed import init_distributed
-from patchmix.evaluation import run_script
+from patchmix.cli import run_script
+from patchmix.evaluation.classifier import run_classifier
+from patchmix.evaluation.linear import LinearConfig, LinearProbe
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(LinearConfig, argv, kind="linear", description=__doc__, default_config="demo")
-    env = init_distributed(cfg.device, cfg.dist_timeout_minutes)
-    return run_script(lambda: run_classifier(cfg, "linear", env))
+    return run_script(LinearConfig, argv, "linear", __doc__, lambda cfg, env: run_classifier(cfg, env, LinearProbe))
 
 
 if __name__ == "__main__":

@@ -7,15 +7,16 @@ complete file, whatever moment a job is killed at. It holds only tensors, number
 
 from __future__ import annotations
 
-import json
 import os
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 __all__ = ["save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng", "CheckpointError",
-           "prepare_run_dir", "LATEST_NAME", "FORMAT_VERSION"]
+           "LATEST_NAME", "FORMAT_VERSION"]
 
 LATEST_NAME = "checkpoint.pth"
 FORMAT_VERSION = 1
@@ -64,8 +65,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def capture_rng(generators: dict[str, torch.Generator] | None = None) -> dict[str, Any]:
-    """The random state a training step depends on (torch CPU/CUDA and named generators)."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    """The random state a training step depends on: torch CPU/CUDA, numpy and Python's ``random`` (timm's
+    Mixup and RandAugment draw from those) and the named generators. Plain tensors, numbers and lists only."""
+    keys, position, has_gauss, cached = np.random.get_state()[1:]
+    version, python_state, gauss_next = random.getstate()
+    state: dict[str, Any] = {"torch": torch.get_rng_state(),
+                             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(position),
+                                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+                             "python": {"version": version, "state": list(python_state), "gauss_next": gauss_next}}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     for name, generator in (generators or {}).items():
@@ -74,7 +81,15 @@ def capture_rng(generators: dict[str, torch.Generator] | None = None) -> dict[st
 
 
 def restore_rng(state: dict[str, Any], generators: dict[str, torch.Generator] | None = None) -> None:
+    """Put back what :func:`capture_rng` saved (states a checkpoint lacks are left as they are)."""
     torch.set_rng_state(state["torch"])
+    if "numpy" in state:
+        saved = state["numpy"]
+        np.random.set_state(("MT19937", saved["keys"].numpy().astype(np.uint32), saved["pos"], saved["has_gauss"],
+                             saved["cached_gaussian"]))
+    if "python" in state:
+        saved = state["python"]
+        random.setstate((saved["version"], tuple(saved["state"]), saved["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         states = state["cuda"]
         if len(states) == torch.cuda.device_count():
@@ -83,37 +98,3 @@ def restore_rng(state: dict[str, Any], generators: dict[str, torch.Generator] | 
         key = f"generator/{name}"
         if key in state:
             generator.set_state(state[key])
-
-
-def prepare_run_dir(cfg: Any, is_main: bool, run_only_keys: tuple[str, ...], resumable: bool = True
-                    ) -> tuple[Path, Path | None]:
-    """Create ``cfg.output_dir``, pick the checkpoint to resume from, and save ``config.json``.
-
-    Resumes from ``cfg.resume`` or, when empty, from ``OUTPUT_DIR/checkpoint.pth`` if it exists. A directory
-    holding a run whose config differs in anything but ``run_only_keys`` is refused (unless
-    ``cfg.allow_config_change``): continuing it would silently mix two experiments.
-    """
-    from patchmix.config import ConfigError, config_differences, config_to_dict, save_config
-    from patchmix.distributed import barrier
-
-    output_dir = Path(cfg.output_dir)
-    resume: Path | None = None
-    if resumable:
-        resume = Path(cfg.resume) if cfg.resume else None
-        if resume is None and (output_dir / LATEST_NAME).is_file():
-            resume = output_dir / LATEST_NAME
-        if resume is not None and not resume.is_file():
-            raise ConfigError(f"--resume {resume}: no such file.")
-        saved_path = output_dir / "config.json"
-        if saved_path.is_file() and (output_dir / LATEST_NAME).is_file():
-            saved = json.loads(saved_path.read_text())
-            differences = config_differences(saved, config_to_dict(cfg), ignore=run_only_keys)
-            if differences and not cfg.allow_config_change:
-                listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in list(differences.items())[:8])
-                raise ConfigError(f"{output_dir} holds a run with a different config ({listed}). Use another "
-                                  f"--output-dir, or pass --allow-config-change to continue that run anyway.")
-    if is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, output_dir / "config.json")
-    barrier()
-    return output_dir, resume

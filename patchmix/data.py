@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import random
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -23,9 +24,12 @@ from torch.utils.data import Dataset, DistributedSampler, Subset
 from torchvision import datasets, transforms
 from torchvision.transforms import InterpolationMode
 
+from patchmix.distributed import barrier, is_main_process
+
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "DATASETS", "DataError", "build_dataset", "num_classes",
            "PatchMixTransform", "eval_transform", "SeededTransformDataset", "ResumableDistributedSampler",
-           "FashionMNIST", "fixed_subset", "FASHION_MNIST_DIRS"]
+           "FashionMNIST", "fixed_subset", "FASHION_MNIST_DIRS", "resumable_loader",
+           "standard_crop_pct", "build_splits"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -295,12 +299,20 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return (value ^ (value >> 31)) % 2 ** 63
 
 
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    random.seed(seed)
+
+
 class SeededTransformDataset(Dataset):
     """Apply ``transform`` with torch's RNG seeded from ``(seed, epoch, index)`` for every item.
 
     Indices come from :class:`ResumableDistributedSampler` as ``(index, epoch)`` pairs, so the augmentation
     does not depend on the number of data-loading workers, on which worker loads an item, or on where a
-    resumed run starts. The caller's RNG state is restored afterwards.
+    resumed run starts. torch, numpy and Python's ``random`` are all seeded (torchvision draws from torch,
+    timm's RandAugment and RandomErasing from ``random`` and numpy); in the training process their states are
+    restored afterwards.
     """
 
     def __init__(self, dataset: Dataset, transform: Callable, seed: int) -> None:
@@ -312,17 +324,20 @@ class SeededTransformDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple:
         index, epoch = key
         image, label = self.dataset[index]
+        seed = sample_seed(self.seed, epoch, index)
         if torch.utils.data.get_worker_info() is not None:  # a loader worker: its RNG serves nobody else
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            _seed_all(seed)
             return self.transform(image), label
-        # In the training process: torch.manual_seed also reseeds CUDA, so both states are put back.
-        cpu_state = torch.get_rng_state()
+        # In the training process: torch.manual_seed also reseeds CUDA, so every state is put back.
+        states = (torch.get_rng_state(), np.random.get_state(), random.getstate())
         cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-        torch.manual_seed(sample_seed(self.seed, epoch, index))
+        _seed_all(seed)
         try:
             return self.transform(image), label
         finally:
-            torch.set_rng_state(cpu_state)
+            torch.set_rng_state(states[0])
+            np.random.set_state(states[1])
+            random.setstate(states[2])
             if cuda_states is not None:
                 torch.cuda.set_rng_state_all(cuda_states)
 
@@ -349,3 +364,35 @@ class ResumableDistributedSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples - self.start_index
+
+
+def resumable_loader(dataset: Dataset, transform: Callable, seed: int, batch_per_process: int, rank: int,
+                     world_size: int, num_workers: int, pin_memory: bool = False
+                     ) -> tuple[torch.utils.data.DataLoader, ResumableDistributedSampler]:
+    """The training loader of every script: shuffled, distributed, last partial batch dropped, and resumable at
+    any batch with the same augmentations (each image's depends only on ``(seed, epoch, index)``)."""
+    seeded = SeededTransformDataset(dataset, transform, seed)
+    sampler = ResumableDistributedSampler(seeded, world_size, rank, seed=seed)
+    loader = torch.utils.data.DataLoader(
+        seeded, batch_size=batch_per_process, sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
+        drop_last=True, persistent_workers=num_workers > 0,
+        generator=torch.Generator())  # own generator: creating an iterator must not consume the global RNG
+    return loader, sampler
+
+
+def standard_crop_pct(dataset: str) -> float:
+    """The evaluation crop of a dataset: ImageNet's 0.875 (resize 256, centre crop 224); 1.0 (the whole image)
+    for everything else. Every evaluation (kNN, probe, fine-tuning, the demo's report) uses this rule."""
+    return 0.875 if dataset == "imagenet" else 1.0
+
+
+def build_splits(dataset: str, data_path: str, train_transform: Callable | None, test_transform: Callable | None,
+                 train_subset: int = 0, test_subset: int = 0, download: bool = False) -> tuple[Dataset, Dataset]:
+    """Train and test splits with their transforms, cut to fixed subsets (the main process downloads first)."""
+    if download and is_main_process():
+        build_dataset(dataset, data_path, train=True, download=True)
+        build_dataset(dataset, data_path, train=False, download=True)
+    barrier()
+    train = fixed_subset(build_dataset(dataset, data_path, True, train_transform), train_subset)
+    test = fixed_subset(build_dataset(dataset, data_path, False, test_transform), test_subset)
+    return train, test

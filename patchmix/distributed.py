@@ -8,14 +8,17 @@ runs as a single process on the CPU or one GPU. Every helper falls back to the s
 from __future__ import annotations
 
 import datetime
+import inspect
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
+from patchmix.config import ConfigError
+
 __all__ = ["DistInfo", "init_distributed", "is_distributed", "get_rank", "get_world_size", "is_main_process",
-           "parameters_in_sync", "wrap_ddp", "pick_device", "progress_bar",
+           "parameters_in_sync", "wrap_ddp", "pick_device", "collective_device", "batch_per_process",
            "barrier", "concat_all_gather", "all_reduce_mean", "cleanup"]
 
 
@@ -107,6 +110,21 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     return values / get_world_size()
 
 
+def batch_per_process(batch_size: int, world_size: int) -> int:
+    """The share of a GLOBAL batch each process gets (a one-line error when it does not divide evenly)."""
+    if batch_size % world_size:
+        raise ConfigError(f"batch_size {batch_size} (global) is not divisible by the {world_size} processes; use "
+                          f"a multiple of {world_size}.")
+    return batch_size // world_size
+
+
+def collective_device() -> torch.device:
+    """Where small tensors for a collective must live: the GPU with NCCL, the CPU with gloo."""
+    if is_distributed() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def cleanup() -> None:
     if is_distributed():
         dist.destroy_process_group()
@@ -141,19 +159,8 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device) -> tuple[torch.nn.Mod
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     elif is_main_process():
         print("note: SyncBatchNorm needs CUDA; the heads' BatchNorm uses per-process statistics on the CPU.")
-    import inspect
     parameters = inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
     buffers = {"forward_sync_buffers": False} if "forward_sync_buffers" in parameters else {"broadcast_buffers": False}
     trained = torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None, **buffers)
     return model, trained
-
-
-def progress_bar(**kwargs):
-    """A tqdm bar on stdout for rank 0: live in a terminal, an update every 30 s when written to a log file."""
-    import sys
-    from tqdm import tqdm
-    if not sys.stdout.isatty():
-        kwargs.setdefault("mininterval", 30.0)
-        kwargs.setdefault("maxinterval", 60.0)
-    return tqdm(file=sys.stdout, dynamic_ncols=True, **kwargs)

@@ -1,28 +1,51 @@
-"""The pretraining step and epoch loop, plus the small pieces every training script needs."""
+"""The one training loop of every script: pretraining (any method), the linear probe and fine-tuning.
+
+What is being trained is a :class:`TrainTask`: it sets the scheduled values of a step, turns a batch into a
+loss, and may act before a step (an EMA teacher), after the backward pass, after the optimiser step (a model
+EMA) and at the end of an epoch (an evaluation). Everything else lives here, once, for all of them:
+
+* the step: schedule, device transfer, autocast, backward through a GradScaler (fp16), optional gradient
+  clipping (the norm is then logged), optimiser step (:func:`train_step`, also used by the benchmark);
+* a non-finite loss on any process stops every process at the same step with the same one-line message
+  (:class:`NonFiniteLossError`), before the weights are updated;
+* SIGTERM / SIGUSR1 (cluster pre-emption) or a step budget stop every process at the same step boundary; the
+  exact position is saved and a re-run continues with the same batches, augmentations and random draws;
+* atomic checkpoints (model, optimiser, scaler, position, the random state of every process, the task's own
+  state), numbered copies, the replica check after every epoch, the progress bar, TensorBoard and ``log.txt``.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import signal
 import time
-from dataclasses import dataclass, field
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import torch
 import torch.distributed as dist
-from timm.optim import param_groups_weight_decay
 
-from patchmix.distributed import all_reduce_mean, get_world_size, is_distributed, is_main_process
-from patchmix.loss import LossWeights, PatchMixLoss
-from patchmix.mix import patch_mix
-from patchmix.models import PatchMixModel
-from patchmix.schedules import Schedules
+from patchmix.checkpoint import (FORMAT_VERSION, LATEST_NAME, CheckpointError, capture_rng, load_checkpoint,
+                                 restore_rng, save_checkpoint)
+from patchmix.config import ConfigError
+from patchmix.distributed import (DistInfo, all_reduce_mean, barrier, collective_device, get_world_size,
+                                  is_distributed, parameters_in_sync)
+from patchmix.rundir import keep_numbered_copy
+from patchmix.runlog import RunLogger
+from patchmix.schedules import StepValues
 
-__all__ = ["amp_dtype", "build_optimizer", "required_outputs", "StopFlag", "NonFiniteLossError", "StepContext",
-           "train_step", "train_one_epoch", "EpochResult", "JsonLog"]
+__all__ = ["amp_dtype", "StepOutput", "TrainTask", "NonFiniteLossError", "StopFlag", "LoopSettings", "Position",
+           "Trainer", "train_step", "no_timer"]
+
+Timer = Callable[[str], contextlib.AbstractContextManager]
+
+
+def no_timer(name: str) -> contextlib.AbstractContextManager:
+    """The default part timer: times nothing (the benchmark passes a real one)."""
+    return contextlib.nullcontext()
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -34,35 +57,133 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp]
 
 
-def build_optimizer(model: torch.nn.Module, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with two groups: decay on every trainable tensor of >= 2 dims that is not a bias (this includes
-    the ViT's cls_token and pos_embed, as in the official code), none on biases and 1-D norm weights.
+class StepOutput(NamedTuple):
+    """What one step computes: the loss to minimise and the terms to log (detached scalars)."""
 
-    The decayed group is marked ``apply_weight_decay`` so the weight-decay schedule knows which to set.
-    """
-    groups = param_groups_weight_decay(model, weight_decay=1.0)  # any non-zero value: only the split matters
-    for group in groups:
-        group["apply_weight_decay"] = group["weight_decay"] > 0
-        group["weight_decay"] = weight_decay if group["apply_weight_decay"] else 0.0
-    return torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.999), eps=1e-8)
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor]
 
 
-def required_outputs(weights: LossWeights, local_crops: bool) -> frozenset[str]:
-    """The model outputs the active loss terms use (so switched-off terms cost no forward pass)."""
-    needs: set[str] = set()
-    if weights.o2o:
-        needs |= {"q1", "k2"}
-    if weights.m2o:
-        needs |= {"q2_mixed", "k1"}
-    if weights.m2m:
-        needs |= {"q2_mixed", "k1_mixed"}
-    if local_crops and (weights.local_o2o or weights.local_m2o):
-        needs |= {"k1", "k2"}
-    return frozenset(needs)
+class TrainTask(ABC):
+    """One kind of training, as the engine sees it. ``model`` is what checkpoints save (never DDP-wrapped)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+
+    @abstractmethod
+    def schedule(self, step: int) -> StepValues:
+        """Set the optimiser's learning rate (and weight decay) for global step ``step``; return the values."""
+
+    @abstractmethod
+    def loss(self, batch: Any, values: StepValues, timer: Timer = no_timer) -> StepOutput:
+        """The forward pass of one step (called under autocast; compute the loss itself in float32)."""
+
+    def train_mode(self) -> None:
+        self.model.train()
+
+    def before_step(self, values: StepValues) -> None:
+        """Before the forward pass (an EMA teacher is updated here, as in MoCo v3)."""
+
+    def after_backward(self, values: StepValues) -> None:
+        """After the backward pass, before clipping and the optimiser step (e.g. cancel some gradients)."""
+
+    def after_step(self, step: int) -> None:
+        """After the optimiser step of global step ``step`` (e.g. a model EMA)."""
+
+    def end_epoch(self, epoch: int, record: dict[str, Any]) -> None:
+        """After epoch ``epoch`` (0-based) was trained, before its checkpoint: evaluate, add entries to
+        ``record`` (it becomes the epoch's line of ``log.txt``)."""
+
+    def epoch_line(self, record: dict[str, Any], epochs: int) -> str:
+        """The line printed after an epoch."""
+        shown = {k: v for k, v in record.items() if k.startswith(("train_", "test_"))}
+        return f"epoch {record['epoch']}/{epochs}: " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items())
+
+    def extra_state(self) -> dict[str, Any]:
+        """Entries the task adds to every checkpoint (plain tensors, numbers, strings, lists and dicts)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` saved (``state`` is the whole checkpoint)."""
+
+    def generators(self) -> dict[str, torch.Generator]:
+        """Random generators of the task whose state checkpoints keep (besides torch, numpy and random)."""
+        return {}
+
+    def clip_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
 
 
 class NonFiniteLossError(RuntimeError):
-    pass
+    """The loss is NaN or infinite on at least one process; every process raises it at the same step."""
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(item, device) for item in batch)
+    return batch
+
+
+def _check_finite(scalars: dict[str, float], values: StepValues, where: str) -> None:
+    """Raise :class:`NonFiniteLossError` on every process, with the same message, if any process's loss is not
+    finite (one all-reduce per step; the terms are gathered only on failure)."""
+    bad = not math.isfinite(scalars["loss"])
+    rank = 0
+    if is_distributed():
+        device = collective_device()
+        flag = torch.tensor([float(bad)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if not flag.item():
+            return
+        names = sorted(scalars)
+        local = torch.tensor([float(bad)] + [scalars[n] for n in names], dtype=torch.float64, device=device)
+        gathered = [torch.zeros_like(local) for _ in range(get_world_size())]
+        dist.all_gather(gathered, local)
+        rank = next(r for r, row in enumerate(gathered) if row[0].item())
+        scalars = dict(zip(names, gathered[rank][1:].tolist()))
+    elif not bad:
+        return
+    terms = ", ".join(f"{k}={scalars[k]:.4g}" for k in sorted(scalars))
+    scheduled = ", ".join(f"{k}={v:.3g}" for k, v in asdict(values).items())
+    raise NonFiniteLossError(
+        f"non-finite loss at {where} on process {rank} of {get_world_size()}: {terms}; {scheduled}. Lower "
+        f"--base-lr, set --clip-grad (e.g. 3.0), or use --amp bf16/none instead of fp16, and re-run with "
+        f"--allow-config-change to continue from the last checkpoint with the new setting.")
+
+
+def train_step(task: TrainTask, scaler: torch.amp.GradScaler, batch: Any, step: int, device: torch.device,
+               autocast: torch.dtype | None = None, clip_grad: float = 0.0, where: str = "",
+               timer: Timer = no_timer) -> tuple[StepValues, dict[str, float]]:
+    """One optimiser step of ``task``; returns the scheduled values and the logged scalars.
+
+    ``timer(name)`` wraps each part (schedule, data_to_device, forward, backward, optimizer); the task's
+    forward may time sub-parts with it too.
+    """
+    with timer("schedule"):
+        values = task.schedule(step)
+        task.before_step(values)
+    with timer("data_to_device"):
+        batch = _to_device(batch, device)
+    with timer("forward"):
+        with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            output = task.loss(batch, values, timer)
+        scalars = {name: value.item() for name, value in output.terms.items()}
+        scalars["loss"] = output.loss.item()
+    _check_finite(scalars, values, where or f"step {step}")
+    with timer("backward"):
+        task.optimizer.zero_grad(set_to_none=True)
+        scaler.scale(output.loss).backward()
+        task.after_backward(values)
+    with timer("optimizer"):
+        if clip_grad > 0:
+            scaler.unscale_(task.optimizer)
+            scalars["grad_norm"] = torch.nn.utils.clip_grad_norm_(task.clip_parameters(), clip_grad).item()
+        scaler.step(task.optimizer)
+        scaler.update()
+        task.after_step(step)
+    return values, scalars
 
 
 class StopFlag:
@@ -97,7 +218,7 @@ class StopFlag:
         if stop and not self.reason:
             self.reason = f"stop_after_steps={self.max_steps} reached"
         if is_distributed():  # one rank's signal stops all, at the same step
-            flag = torch.tensor([float(stop)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+            flag = torch.tensor([float(stop)], device=collective_device())
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             stop = bool(flag.item())
             if stop and not self.reason:
@@ -106,11 +227,27 @@ class StopFlag:
         return stop
 
 
-@dataclass
-class EpochResult:
-    metrics: dict[str, float]
-    steps_done: int  # steps of this epoch completed, counting those before a resume
-    stopped: bool
+@dataclass(frozen=True)
+class LoopSettings:
+    """How the engine runs a task (from the config of the script)."""
+
+    epochs: int
+    steps_per_epoch: int
+    batch_per_process: int
+    log_freq: int = 10
+    clip_grad: float = 0.0
+    autocast: torch.dtype | None = None
+    stop_after_steps: int = 0
+    save_freq: int | None = None  # keep checkpoint_EEEE.pth every N epochs and at the end (None: never)
+    name: str = "train"  # progress bar label
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a run is: ``step_in_epoch`` steps of epoch ``epoch`` (0-based) are done."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
 
 
 @dataclass
@@ -128,135 +265,134 @@ class _Meter:
             return {}
         keys = sorted(self.totals)
         values = torch.tensor([self.totals[k] / self.count for k in keys], device=device, dtype=torch.float64)
-        values = all_reduce_mean(values)
-        return dict(zip(keys, values.tolist()))
+        return dict(zip(keys, all_reduce_mean(values).tolist()))
 
 
-def _set_schedules(optimizer: torch.optim.Optimizer, lr: float, wd: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-        if group.get("apply_weight_decay"):
-            group["weight_decay"] = wd
+class Trainer:
+    """Runs a :class:`TrainTask` over epochs of ``loader``, checkpointing into ``output_dir``.
 
-
-@dataclass
-class StepContext:
-    """Everything a training step uses that does not change from step to step."""
-
-    model: torch.nn.Module  # the module to call: DistributedDataParallel or the PatchMixModel itself
-    criterion: PatchMixLoss
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    device: torch.device
-    num_mix: int
-    patch_size: int
-    mix_generator: torch.Generator
-    autocast_dtype: torch.dtype | None = None
-    clip_grad: float = 0.0
-
-    @property
-    def net(self) -> PatchMixModel:
-        return self.model.module if hasattr(self.model, "module") else self.model
-
-
-def _no_timer(name: str) -> contextlib.AbstractContextManager:
-    return contextlib.nullcontext()
-
-
-def train_step(ctx: StepContext, views: list[torch.Tensor], lr: float, wd: float, momentum: float,
-               temperature: float, where: str = "", timer: Callable[[str], Any] = _no_timer) -> dict[str, float]:
-    """One PatchMix step: EMA update, mixing, forward, loss, backward, optimiser step. Returns the loss terms.
-
-    ``timer(name)`` wraps each part (momentum, data_to_device, mixer, forward, backward, optimizer); the
-    benchmark passes a timing context, training passes nothing.
+    ``sampler`` must be a :class:`patchmix.data.ResumableDistributedSampler` feeding a per-image seeded
+    dataset, so that an epoch can start at any step with the augmentations it would have had.
+    ``checkpoint_extra`` holds constant entries of every checkpoint (the config, the backbone's sizes).
     """
-    weights = ctx.criterion.weights
-    _set_schedules(ctx.optimizer, lr, wd)
-    with timer("momentum"):
-        ctx.net.update_momentum(momentum)  # before the forward pass, as in MoCo v3
-    with timer("data_to_device"):
-        views = [v.to(ctx.device, non_blocking=True) for v in views]
-    x1, x2, crops = views[0], views[1], views[2:]
-    needs = required_outputs(weights, local_crops=bool(crops))
-    with timer("mixer"):
-        x2_mixed, mix_to_origin, mix_to_mix = patch_mix(x2, ctx.num_mix, ctx.patch_size, ctx.mix_generator)
-        x1_mixed = patch_mix(x1, ctx.num_mix, ctx.patch_size, ctx.mix_generator)[0] if "k1_mixed" in needs else None
-        local = torch.cat(crops) if crops and weights.local_o2o else None
-        local_mixed = None
-        if crops and weights.local_m2o:
-            local_mixed = torch.cat([patch_mix(c, ctx.num_mix, ctx.patch_size, ctx.mix_generator)[0] for c in crops])
 
-    with timer("forward"):
-        with torch.autocast(ctx.device.type, dtype=ctx.autocast_dtype or torch.float32,
-                            enabled=ctx.autocast_dtype is not None):
-            outputs = ctx.model(x1, x2, x1_mixed, x2_mixed, local=local, local_mixed=local_mixed, needs=needs)
-        loss, terms = ctx.criterion(outputs, mix_to_origin, mix_to_mix, temperature)
-        values = {name: value.item() for name, value in terms.items()}
-        values["loss"] = loss.item()
-    finite = math.isfinite(values["loss"])
-    if is_distributed():  # every process stops at the same step, none is left waiting in a collective
-        flag = torch.tensor([0.0 if finite else 1.0], device=ctx.device if dist.get_backend() == "nccl" else "cpu")
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        finite = flag.item() == 0.0
-    if not finite:
-        detail = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-        raise NonFiniteLossError(f"non-finite loss at {where or 'this step'} (on at least one process; this "
-                                 f"one: {detail}); lr={lr:.3g}, temperature={temperature}. Lower --base-lr, set "
-                                 f"--clip-grad (e.g. 3.0), or use --amp bf16/none instead of fp16, and re-run with "
-                                 f"--allow-config-change to continue from the last checkpoint with the new "
-                                 f"setting.")
-    with timer("backward"):
-        ctx.optimizer.zero_grad(set_to_none=True)
-        ctx.scaler.scale(loss).backward()
-    with timer("optimizer"):
-        if ctx.clip_grad > 0:
-            ctx.scaler.unscale_(ctx.optimizer)
-            params = [p for g in ctx.optimizer.param_groups for p in g["params"]]
-            values["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, ctx.clip_grad).item()
-        ctx.scaler.step(ctx.optimizer)
-        ctx.scaler.update()
-    return values
+    def __init__(self, task: TrainTask, loader: Iterable, sampler: Any, settings: LoopSettings, env: DistInfo,
+                 output_dir: Path, checkpoint_extra: dict[str, Any] | None = None) -> None:
+        self.task, self.loader, self.sampler, self.settings, self.env = task, loader, sampler, settings, env
+        self.output_dir = output_dir
+        self.latest = output_dir / LATEST_NAME
+        self.extra = dict(checkpoint_extra or {})
+        self.scaler = torch.amp.GradScaler(env.device.type, enabled=settings.autocast == torch.float16)
+        self.stop_reason = ""
 
+    # -- checkpoints ---------------------------------------------------------------------------------------
 
-def train_one_epoch(ctx: StepContext, loader: Iterable, schedules: Schedules, epoch: int, start_step: int,
-                    stop: StopFlag, writer: Any = None, log_freq: int = 10, progress: Any = None) -> EpochResult:
-    """Train for the rest of one epoch (from ``start_step``); stop early at a step boundary if asked."""
-    meter = _Meter()
-    step_in_epoch = start_step
-    tic, images_seen = time.perf_counter(), 0
-    ctx.model.train()
-    for views, _ in loader:
-        step = epoch * schedules.steps_per_epoch + step_in_epoch
-        lr, wd, momentum, temperature = (schedules.lr(step), schedules.wd(step), schedules.ema_momentum(step),
-                                         schedules.temp(step))
-        values = train_step(ctx, views, lr, wd, momentum, temperature, where=f"epoch {epoch}, step {step} (global)")
-        meter.update(values)
-        step_in_epoch += 1
-        images_seen += views[0].shape[0] * get_world_size()
-        if writer is not None and (step + 1) % log_freq == 0:
-            scalars = dict(values, lr=lr, weight_decay=wd, momentum=momentum, temperature=temperature)
-            for name, value in scalars.items():
-                writer.add_scalar(f"train/{name}", value, step + 1)
-        if progress is not None:
-            progress.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}", refresh=False)
-            progress.update(1)
-        if stop.step_done():
-            break
+    def save(self, path: Path, position: Position) -> Path:
+        """Collective: every process contributes its random state; rank 0 writes the file atomically."""
+        rng = [capture_rng(self.task.generators())]
+        if self.env.world_size > 1:
+            gathered: list = [None] * self.env.world_size
+            dist.all_gather_object(gathered, rng[0])
+            rng = gathered
+        if self.env.is_main:
+            state = {"format_version": FORMAT_VERSION, "model": self.task.model.state_dict(),
+                     "optimizer": self.task.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                     "epoch": position.epoch, "step_in_epoch": position.step_in_epoch,
+                     "global_step": position.epoch * self.settings.steps_per_epoch + position.step_in_epoch,
+                     "rng": rng, **self.extra, **self.task.extra_state()}
+            save_checkpoint(state, path)
+        barrier()
+        return path
 
-    metrics = meter.averages(ctx.device)
-    elapsed = time.perf_counter() - tic
-    metrics.update(lr=lr if meter.count else 0.0, images_per_second=images_seen / max(elapsed, 1e-9))
-    stopped = step_in_epoch < schedules.steps_per_epoch
-    return EpochResult(metrics, step_in_epoch, stopped)
+    def restore(self, path: Path) -> Position:
+        """Load a checkpoint written by :meth:`save` (or by earlier versions of this code)."""
+        state = load_checkpoint(path)
+        if "model" not in state or "optimizer" not in state:
+            raise CheckpointError(f"{path} is not a resumable checkpoint of this code (it has {sorted(state)[:6]}). "
+                                  f"To start from other weights, train a new run; --resume only continues runs "
+                                  f"written by this code.")
+        if int(state.get("format_version", 0)) > FORMAT_VERSION:
+            raise CheckpointError(f"{path} was written by a newer version of this code (format "
+                                  f"{state['format_version']} > {FORMAT_VERSION}); update the code.")
+        try:
+            self.task.model.load_state_dict(state["model"])
+        except RuntimeError as error:
+            raise ConfigError(f"checkpoint {path} does not fit this model ({str(error).splitlines()[0]}...). "
+                              f"It was saved with backbone {state.get('backbone')}; use matching --arch / "
+                              f"--patch-size / --img-size / head settings, or another --output-dir.") from error
+        self.task.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.task.load_extra_state(state)
+        rng = state.get("rng") or []
+        if self.env.rank < len(rng):  # another number of processes: exactness is lost anyway
+            restore_rng(rng[self.env.rank], self.task.generators())
+        position = Position(int(state["epoch"]), int(state.get("step_in_epoch", 0)))
+        if self.env.is_main:
+            print(f"Resumed from {path}: epoch {position.epoch}, step {position.step_in_epoch} of "
+                  f"{self.settings.steps_per_epoch}.")
+        return position
 
+    # -- the loop --------------------------------------------------------------------------------------------
 
-class JsonLog:
-    """Append one JSON object per line to ``log.txt`` (rank 0 only)."""
+    def fit(self, start: Position = Position()) -> bool:
+        """Train from ``start`` to the last epoch; return True when the run is complete, False when it stopped
+        early (pre-emption or step budget; the position is saved, a re-run continues)."""
+        s = self.settings
+        stop = StopFlag(s.stop_after_steps).install()
+        done = start.epoch
+        try:
+            with RunLogger(self.output_dir, self.env.is_main, s.epochs * s.steps_per_epoch,
+                           start.epoch * s.steps_per_epoch + start.step_in_epoch, s.name) as log:
+                for epoch in range(start.epoch, s.epochs):
+                    first = start.step_in_epoch if epoch == start.epoch else 0
+                    self.sampler.set_epoch(epoch)
+                    self.sampler.set_start(first * s.batch_per_process)
+                    tic = time.time()
+                    metrics, steps_done = self._epoch(epoch, first, stop, log)
+                    if steps_done < s.steps_per_epoch:  # stopped mid-epoch: save the exact position
+                        self.save(self.latest, Position(epoch, steps_done))
+                        break
+                    if not parameters_in_sync(self.task.model):
+                        raise RuntimeError(f"the processes' parameters differ after epoch {epoch + 1}; the run is "
+                                           f"broken.")
+                    record = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in metrics.items()},
+                              "epoch_seconds": time.time() - tic, "world_size": self.env.world_size,
+                              "replicas_in_sync": True}
+                    self.task.end_epoch(epoch, record)
+                    self.save(self.latest, Position(epoch + 1, 0))
+                    if self.env.is_main and s.save_freq is not None:
+                        keep_numbered_copy(self.latest, epoch + 1, s.save_freq, s.epochs)
+                    log.epoch(record, self.task.epoch_line(record, s.epochs))
+                    done = epoch + 1
+                    if stop.triggered:
+                        break
+        finally:  # also on errors: give the signals back
+            stop.uninstall()
+        self.stop_reason = stop.reason
+        if done < s.epochs and self.env.is_main:
+            print(f"Stopped ({stop.reason}); saved {self.latest}. Run the same command again to resume.")
+        return done == s.epochs
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def write(self, record: dict[str, Any]) -> None:
-        if is_main_process():
-            with open(self.path, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+    def _epoch(self, epoch: int, first: int, stop: StopFlag, log: RunLogger) -> tuple[dict[str, float], int]:
+        s = self.settings
+        meter = _Meter()
+        steps_done, images, tic = first, 0, time.perf_counter()
+        values = None
+        self.task.train_mode()
+        for batch in self.loader:
+            step = epoch * s.steps_per_epoch + steps_done
+            values, scalars = train_step(self.task, self.scaler, batch, step, self.env.device, s.autocast,
+                                         s.clip_grad, where=f"epoch {epoch}, step {step} (global)")
+            meter.update(scalars)
+            steps_done += 1
+            images += s.batch_per_process * self.env.world_size
+            if (step + 1) % s.log_freq == 0:
+                log.scalars(step + 1, {**scalars, **asdict(values)})
+            log.advance(loss=f"{scalars['loss']:.4f}", lr=f"{values.lr:.2e}")
+            if stop.step_done() or steps_done >= s.steps_per_epoch:
+                break
+        metrics = meter.averages(self.env.device)
+        metrics.update(lr=values.lr if values is not None else 0.0,
+                       images_per_second=images / max(time.perf_counter() - tic, 1e-9))
+        return metrics, steps_done

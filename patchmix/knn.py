@@ -1,4 +1,8 @@
-"""Weighted k-nearest-neighbour classification of frozen features (the DINO protocol) and feature extraction.
+"""Weighted k-nearest-neighbour classification of frozen features (the DINO protocol): the one kNN harness.
+
+Every kNN number of the project (``main_knn.py``, the demo's learned-vs-random report, ``tools/reproduce.py``)
+goes through :func:`knn_splits` (the data and its one transform rule), :func:`extract_features` and
+:func:`weighted_knn`, so the same checkpoint and split give the same number wherever it is measured.
 
 The classifier has no learnable parameter: features are L2-normalised, the ``k`` most cosine-similar training
 features vote for their label with weight ``exp(similarity / T)`` (T = 0.07), and the class with the largest
@@ -8,6 +12,7 @@ ImageNet features fits in memory (optionally stored in fp16).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -15,9 +20,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from patchmix.data import build_splits, eval_transform, num_classes, standard_crop_pct
 from patchmix.distributed import get_rank, get_world_size, is_distributed
+from patchmix.runlog import progress_bar
 
-__all__ = ["weighted_knn", "extract_features", "IndexedDataset"]
+__all__ = ["weighted_knn", "extract_features", "IndexedDataset", "KnnSplits", "knn_splits"]
 
 
 @torch.no_grad()
@@ -58,6 +65,27 @@ def weighted_knn(train_features: torch.Tensor, train_labels: torch.Tensor, test_
             for k, c in correct.items()}
 
 
+@dataclass
+class KnnSplits:
+    """The bank (train split) and the queries (test split) of a kNN evaluation."""
+
+    train: Dataset
+    test: Dataset
+    num_classes: int
+
+
+def knn_splits(dataset: str, data_path: str, img_size: int, crop_pct: float = 0.0, train_subset: int = 0,
+               test_subset: int = 0, download: bool = False) -> KnnSplits:
+    """Both splits through the evaluation transform: resize to ``img_size / crop_pct``, centre crop, normalise.
+
+    ``crop_pct`` 0 takes the dataset's standard (:func:`patchmix.data.standard_crop_pct`); subsets are the
+    fixed ones of :func:`patchmix.data.fixed_subset`.
+    """
+    transform = eval_transform(img_size, crop_pct or standard_crop_pct(dataset))
+    train, test = build_splits(dataset, data_path, transform, transform, train_subset, test_subset, download)
+    return KnnSplits(train, test, num_classes(train))
+
+
 class IndexedDataset(Dataset):
     """Return ``(image, label, index)`` so features gathered from many processes can be put in order."""
 
@@ -90,7 +118,6 @@ def extract_features(encode: Callable[[torch.Tensor], torch.Tensor], dataset: Da
     labels = torch.zeros(len(dataset), dtype=torch.long, device=device)
     iterator = loader
     if progress and get_rank() == 0:
-        from patchmix.distributed import progress_bar
         iterator = progress_bar(iterable=loader, desc="features", leave=False)
     for images, targets, indices in iterator:
         images = images.to(device, non_blocking=True)

@@ -20,7 +20,7 @@ crop ``u^_v`` is also contrasted with both global keys::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,7 @@ from timm.loss import SoftTargetCrossEntropy
 from patchmix.distributed import concat_all_gather, get_rank, get_world_size
 from patchmix.mix import place_targets
 
-__all__ = ["contrastive_loss", "PatchMixLoss", "LossWeights"]
+__all__ = ["contrastive_loss", "PatchMixLoss", "LossWeights", "Encodings", "Needed", "needed_encodings"]
 
 _soft_cross_entropy = SoftTargetCrossEntropy()
 
@@ -38,12 +38,14 @@ def contrastive_loss(query: torch.Tensor, keys: torch.Tensor, targets: torch.Ten
                      temperature: float) -> torch.Tensor:
     """Soft-target cross-entropy of ``(N, D)`` queries against ``(C, D)`` keys with ``(N, C)`` targets.
 
-    Computed in float32 whatever the autocast dtype: the logits of a 0.2 temperature overflow fp16 easily.
+    Computed in float32 whatever the autocast dtype (autocast is switched off here, so the product is not cast
+    back down): the logits of a 0.2 temperature overflow fp16 easily.
     """
-    query = F.normalize(query.float(), dim=1)
-    keys = F.normalize(keys.float(), dim=1)
-    logits = query @ keys.t() / temperature
-    return _soft_cross_entropy(logits, targets)
+    with torch.autocast(query.device.type, enabled=False):
+        query = F.normalize(query.float(), dim=1)
+        keys = F.normalize(keys.float(), dim=1)
+        logits = query @ keys.t() / temperature
+        return _soft_cross_entropy(logits, targets.float())
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,46 @@ class LossWeights:
     m2m: float = 0.5
     local_o2o: float = 1.0
     local_m2o: float = 1.0
+
+
+@dataclass
+class Encodings:
+    """What the PatchMix networks compute for one step, and all the loss reads.
+
+    Queries (online encoder + predictor, with gradient): ``q1`` of view 1, ``q2_mixed`` of mixed view 2,
+    ``local`` / ``local_mixed`` of the ``V`` local crops (concatenated along the batch). Keys (momentum
+    encoder, or the online one without gradient): ``k1``, ``k2`` of the views, ``k1_mixed`` of mixed view 1.
+    An encoding no active term needs is ``None`` (its forward pass is skipped).
+    """
+
+    q1: torch.Tensor | None = None
+    q2_mixed: torch.Tensor | None = None
+    k1: torch.Tensor | None = None
+    k2: torch.Tensor | None = None
+    k1_mixed: torch.Tensor | None = None
+    local: torch.Tensor | None = None
+    local_mixed: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Needed:
+    """Which global-view encodings the active loss terms read (see :func:`needed_encodings`)."""
+
+    q1: bool = False
+    q2_mixed: bool = False
+    k1: bool = False
+    k2: bool = False
+    k1_mixed: bool = False
+
+    def names(self) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name)]
+
+
+def needed_encodings(weights: "LossWeights", local_crops: bool) -> Needed:
+    """The encodings the terms with a non-zero weight use, so that switched-off terms cost no forward pass."""
+    local = local_crops and bool(weights.local_o2o or weights.local_m2o)
+    return Needed(q1=bool(weights.o2o), q2_mixed=bool(weights.m2o or weights.m2m),
+                  k1=bool(weights.m2o) or local, k2=bool(weights.o2o) or local, k1_mixed=bool(weights.m2m))
 
 
 class PatchMixLoss(torch.nn.Module):
@@ -72,17 +114,15 @@ class PatchMixLoss(torch.nn.Module):
         self.o2o_smoothing = o2o_smoothing
         self.mix_smoothing = mix_smoothing
 
-    def forward(self, outputs: dict[str, torch.Tensor], mix_to_origin: torch.Tensor,
-                mix_to_mix: torch.Tensor, temperature: float) -> tuple[torch.Tensor, dict[str, float]]:
-        """Return the total loss and every term's value (for logging).
+    def forward(self, encodings: Encodings, mix_to_origin: torch.Tensor, mix_to_mix: torch.Tensor,
+                temperature: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Return the total loss and every term's value (detached, for logging).
 
-        ``outputs`` holds the model's queries (``q1``, ``q2_mixed``, ``local``, ``local_mixed``) and keys
-        (``k1``, ``k2``, ``k1_mixed``); only those the active terms need must be present. ``local`` and
-        ``local_mixed`` are the ``V`` crops concatenated along the batch dimension.
+        Only the encodings the active terms need must be present (see :func:`needed_encodings`).
         """
         rank, world_size = get_rank(), get_world_size()
-        key_names = [name for name in ("k1", "k2", "k1_mixed") if name in outputs]
-        keys = self._gather({name: outputs[name] for name in key_names})
+        keys = self._gather({name: getattr(encodings, name) for name in ("k1", "k2", "k1_mixed")
+                             if getattr(encodings, name) is not None})
         eye = torch.eye(mix_to_origin.shape[0], device=mix_to_origin.device)
         y_o2o = place_targets(eye, self.o2o_smoothing, rank, world_size)
         y_m2o = place_targets(mix_to_origin, self.mix_smoothing, rank, world_size)
@@ -91,15 +131,15 @@ class PatchMixLoss(torch.nn.Module):
         w = self.weights
         terms: dict[str, torch.Tensor] = {}
         if w.o2o:
-            terms["o2o"] = contrastive_loss(outputs["q1"], keys["k2"], y_o2o, temperature)
+            terms["o2o"] = contrastive_loss(encodings.q1, keys["k2"], y_o2o, temperature)
         if w.m2o:
-            terms["m2o"] = contrastive_loss(outputs["q2_mixed"], keys["k1"], y_m2o, temperature)
+            terms["m2o"] = contrastive_loss(encodings.q2_mixed, keys["k1"], y_m2o, temperature)
         if w.m2m:
-            terms["m2m"] = contrastive_loss(outputs["q2_mixed"], keys["k1_mixed"], y_m2m, temperature)
-        if w.local_o2o and "local" in outputs:
-            terms["local_o2o"] = self._local_term(outputs["local"], keys, y_o2o, temperature)
-        if w.local_m2o and "local_mixed" in outputs:
-            terms["local_m2o"] = self._local_term(outputs["local_mixed"], keys, y_m2o, temperature)
+            terms["m2m"] = contrastive_loss(encodings.q2_mixed, keys["k1_mixed"], y_m2m, temperature)
+        if w.local_o2o and encodings.local is not None:
+            terms["local_o2o"] = self._local_term(encodings.local, keys, y_o2o, temperature)
+        if w.local_m2o and encodings.local_mixed is not None:
+            terms["local_m2o"] = self._local_term(encodings.local_mixed, keys, y_m2o, temperature)
         if not terms:
             raise ValueError("every loss term has weight 0: switch at least one of o2o/m2o/m2m on.")
         total = sum(getattr(w, name) * value for name, value in terms.items())

@@ -1,10 +1,4 @@
-"""ViT backbone (timm), MoCo-v3 heads and the PatchMix online / momentum encoder pair.
-
-The module layout mirrors the official checkpoints, so their state dicts load without renaming::
-
-    base_encoder.*        online ViT; its ``head`` is the 3-layer projector
-    momentum_encoder.*    EMA copy of base_encoder (absent in the no-momentum variant)
-    predictor.*           2-layer predictor on top of the online projector
+"""The building blocks the methods share: the ViT backbone (timm), MoCo-v3 MLP heads, CLS features.
 
 The backbone is timm's ``VisionTransformer`` (CLS token after the final LayerNorm as the feature), so an exported
 backbone loads into ``timm.create_model('vit_small_patch16_224', ...)``.
@@ -20,7 +14,7 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
-__all__ = ["ARCHS", "ArchSpec", "arch_spec", "build_backbone", "build_mlp", "cls_features", "encode", "PatchMixModel"]
+__all__ = ["ARCHS", "ArchSpec", "arch_spec", "build_backbone", "build_mlp", "cls_features", "encode"]
 
 
 @dataclass(frozen=True)
@@ -125,85 +119,3 @@ def encode(encoder: VisionTransformer, inputs: list[torch.Tensor], fuse: bool = 
     else:
         features = [cls_features(encoder)(x) for x in inputs]
     return [encoder.head(f) for f in features]
-
-
-class PatchMixModel(nn.Module):
-    """Online encoder + predictor, and a momentum (EMA) encoder for the keys.
-
-    Args:
-        backbone_kwargs: arguments of :func:`build_backbone` (arch, img_size, patch_size, sizes).
-        drop_path_rate: stochastic depth of the online encoder (official 0.1; the momentum encoder has 0).
-        proj_layers / pred_layers / hidden_dim / out_dim: MoCo-v3 heads (3 / 2 / 4096 / 256 officially).
-        use_momentum: False builds the official ViT-Tiny variant: keys come from the online network itself,
-            without gradient.
-        fuse_backbone: run each encoder's backbone once on all its same-resolution inputs of a step.
-    """
-
-    def __init__(self, backbone_kwargs: dict, drop_path_rate: float = 0.1, proj_layers: int = 3,
-                 pred_layers: int = 2, hidden_dim: int = 4096, out_dim: int = 256, use_momentum: bool = True,
-                 fuse_backbone: bool = True) -> None:
-        super().__init__()
-        self.fuse_backbone = fuse_backbone
-        self.base_encoder = build_backbone(drop_path_rate=drop_path_rate, **backbone_kwargs)
-        embed_dim = self.base_encoder.embed_dim
-        self.base_encoder.head = build_mlp(proj_layers, embed_dim, hidden_dim, out_dim)
-        self.predictor = build_mlp(pred_layers, out_dim, hidden_dim, out_dim)
-        self.momentum_encoder: VisionTransformer | None = None
-        if use_momentum:
-            self.momentum_encoder = build_backbone(drop_path_rate=0.0, **backbone_kwargs)
-            self.momentum_encoder.head = build_mlp(proj_layers, embed_dim, hidden_dim, out_dim)
-            for online, momentum in zip(self.base_encoder.parameters(), self.momentum_encoder.parameters()):
-                momentum.data.copy_(online.data)
-                momentum.requires_grad = False
-
-    def compile_backbones(self) -> None:
-        """``torch.compile`` the backbone of each encoder (the heads stay eager; state-dict keys are unchanged)."""
-        for encoder in filter(None, (self.base_encoder, self.momentum_encoder)):
-            encoder.forward_features = torch.compile(encoder.forward_features)
-
-    @property
-    def key_encoder(self) -> VisionTransformer:
-        return self.momentum_encoder if self.momentum_encoder is not None else self.base_encoder
-
-    @torch.no_grad()
-    def update_momentum(self, momentum: float) -> None:
-        """EMA of the online parameters: ``xi <- m * xi + (1 - m) * theta`` (buffers are not averaged)."""
-        if self.momentum_encoder is None:
-            return
-        online = [p.detach() for p in self.base_encoder.parameters()]
-        target = list(self.momentum_encoder.parameters())
-        torch._foreach_lerp_(target, online, 1.0 - momentum)
-
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor, x1_mixed: torch.Tensor, x2_mixed: torch.Tensor,
-                local: torch.Tensor | None = None, local_mixed: torch.Tensor | None = None,
-                needs: frozenset[str] = frozenset({"q1", "q2_mixed", "k1", "k2", "k1_mixed"})
-                ) -> dict[str, torch.Tensor]:
-        """Queries (predictor outputs, with gradient) and keys (projector outputs, no gradient).
-
-        ``needs`` names the outputs the active loss terms use; passes nobody needs are skipped.
-        ``local`` / ``local_mixed`` are the V local crops concatenated along the batch (one head call each).
-        """
-        out: dict[str, torch.Tensor] = {}
-        online_names = [n for n in ("q1", "q2_mixed") if n in needs]
-        online_inputs = {"q1": x1, "q2_mixed": x2_mixed}
-        if local is not None:
-            online_names.append("local")
-            online_inputs["local"] = local
-        if local_mixed is not None:
-            online_names.append("local_mixed")
-            online_inputs["local_mixed"] = local_mixed
-        projections = encode(self.base_encoder, [online_inputs[n] for n in online_names], self.fuse_backbone)
-        for name, projection in zip(online_names, projections):
-            out[name] = self.predictor(projection)
-
-        key_inputs = {"k1": x1, "k2": x2, "k1_mixed": x1_mixed}
-        key_names = [n for n in ("k1", "k2", "k1_mixed") if n in needs]
-        if self.momentum_encoder is None and "k1" in key_names and "q1" in online_names:
-            # No-momentum variant: the key of view 1 is the (detached) projection of the gradient pass.
-            out["k1"] = projections[online_names.index("q1")].detach()
-            key_names.remove("k1")
-        if key_names:
-            with torch.no_grad():
-                keys = encode(self.key_encoder, [key_inputs[n] for n in key_names], self.fuse_backbone)
-            out.update(zip(key_names, keys))
-        return out

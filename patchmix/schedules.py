@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["cosine", "warmup_cosine", "Schedules"]
+__all__ = ["cosine", "warmup_cosine", "StepValues", "MomentumStepValues", "Schedules"]
 
 
 def cosine(start: float, end: float, progress: float) -> float:
@@ -25,6 +25,22 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, peak: float, f
     if step < warmup_steps:
         return warmup_start + (peak - warmup_start) * step / max(1, warmup_steps - 1)
     return cosine(peak, final, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+
+
+@dataclass(frozen=True)
+class StepValues:
+    """The scheduled values of one optimiser step; the engine sets them and logs every field as train/NAME."""
+
+    lr: float
+    weight_decay: float
+
+
+@dataclass(frozen=True)
+class MomentumStepValues(StepValues):
+    """Plus the EMA momentum of a teacher / momentum encoder and the contrastive temperature."""
+
+    momentum: float
+    temperature: float
 
 
 @dataclass(frozen=True)
@@ -66,6 +82,10 @@ class Schedules:
         else:
             epoch_progress = step / self.steps_per_epoch
         return 1.0 - (1.0 - self.momentum) * 0.5 * (1.0 + math.cos(math.pi * epoch_progress / self.epochs))
+
+    def at(self, step: int) -> MomentumStepValues:
+        """Every value of global step ``step``."""
+        return MomentumStepValues(self.lr(step), self.wd(step), self.ema_momentum(step), self.temp(step))
 
     def temp(self, step: int) -> float:
         epoch_progress = step / self.steps_per_epoch

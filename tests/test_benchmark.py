@@ -19,7 +19,7 @@ def test_vit_small_forward_flops_match_the_usual_4_6_gmacs():
 
 
 def test_step_flops_follow_the_passes_of_the_loss():
-    from patchmix.config import PretrainConfig
+    from patchmix.methods import PatchMixConfig as PretrainConfig
     cfg = PretrainConfig(arch="vit_tiny", img_size=32, patch_size=2)
     online = benchmark.vit_forward_flops(192, 12, 32, 2, 4096, 256, 3, 2)
     key = benchmark.vit_forward_flops(192, 12, 32, 2, 4096, 256, 3, 0)
@@ -28,18 +28,45 @@ def test_step_flops_follow_the_passes_of_the_loss():
     assert benchmark.step_flops_per_image(baseline) == pytest.approx(3 * online + key)
 
 
-def test_benchmark_runs_and_reports(tmp_path, toy_data, capsys):
+def test_benchmark_reports_consistent_numbers(tmp_path, toy_data, capsys):
     out = tmp_path / "bench.json"
     args = ["--steps", "2", "--warmup", "1", "--peak-tflops", "1.0", "--json", str(out), "--data", "real",
-            *TINY_PRETRAIN, "--data-path", str(toy_data)]
+            *TINY_PRETRAIN, "--data-path", str(toy_data), "--no-fuse-backbone"]
     assert benchmark.main(args) == 0
     results = json.loads(out.read_text())
-    assert results["images_per_second"] > 0 and results["batch_size"] == 16
+    assert results["batch_size"] == 16 and results["fuse_backbone"] is False
+    assert results["step_ms"] == pytest.approx(1000 * 16 / results["images_per_second"])
     shares = results["part_share_percent"]
-    assert set(shares) == {"data_loading", "data_to_device", "momentum", "mixer", "forward", "backward",
+    assert set(shares) == {"data_loading", "data_to_device", "schedule", "mixer", "forward", "backward",
                            "optimizer"}
     assert sum(shares.values()) == pytest.approx(100.0)
     assert results["mfu_percent"] == pytest.approx(100 * results["achieved_tflops"] / 1.0)
     assert results["achieved_tflops"] == pytest.approx(
         results["gflops_per_image_step"] * results["images_per_second"] / 1e3)
     assert "images/s" in capsys.readouterr().out
+
+
+def test_both_fusions_are_measured_in_interleaved_rounds(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = ["--steps", "1", "--warmup", "1", "--rounds", "2", "--json", str(out), *TINY_PRETRAIN]
+    assert benchmark.main(args) == 0
+    fused, unfused = json.loads(out.read_text())
+    assert (fused["fuse_backbone"], unfused["fuse_backbone"]) == (True, False)
+    for result in (fused, unfused):
+        assert len(result["rounds_images_per_second"]) == 2
+        assert min(result["rounds_images_per_second"]) <= result["images_per_second"] <= max(
+            result["rounds_images_per_second"])
+    ratio = fused["images_per_second"] / unfused["images_per_second"]
+    assert f"fused / unfused images/s: {ratio:.3f}" in capsys.readouterr().out
+
+
+def test_nested_parts_are_not_counted_twice():
+    import time
+
+    import torch
+    timer = benchmark.PartTimer(torch.device("cpu"))
+    with timer("outer"):
+        time.sleep(0.02)
+        with timer("inner"):
+            time.sleep(0.05)
+    assert timer.seconds["inner"] >= 0.05 and 0.02 <= timer.seconds["outer"] < 0.045

@@ -7,13 +7,14 @@ import json
 import pytest
 
 import main_pretrain
-from patchmix.config import CONFIG_DIR, ConfigError, PretrainConfig, parse_config, save_config
+from patchmix.config import ConfigError, parse_config, recipe_names, save_config
+from patchmix.methods import PatchMixConfig
 
-RECIPES = sorted(p.stem for p in (CONFIG_DIR / "pretrain").glob("*.py") if not p.stem.startswith("_"))
+RECIPES = recipe_names("pretrain")
 
 
-def parse(*argv: str) -> PretrainConfig:
-    return parse_config(PretrainConfig, list(argv), kind="pretrain", description="", default_config="demo")
+def parse(*argv: str) -> PatchMixConfig:
+    return parse_config(PatchMixConfig, list(argv), kind="pretrain", description="")
 
 
 def test_every_official_recipe_exists():
@@ -57,7 +58,7 @@ def test_command_line_overrides_config_and_preset():
 
 def test_unknown_flag_suggests_the_closest(capsys):
     with pytest.raises(SystemExit):
-        parse("--num-mixx", "2")
+        parse("--config", "demo", "--num-mixx", "2")
     assert "Did you mean '--num-mix'" in capsys.readouterr().err
 
 
@@ -72,7 +73,7 @@ def test_unknown_config_and_key_errors(tmp_path):
 
 def test_misspelled_choice_suggests_the_closest(tmp_path):
     with pytest.raises(ConfigError, match="invalid dataset 'cifar11'.*Did you mean 'cifar10'"):
-        parse("--dataset", "cifar11")
+        parse("--config", "demo", "--dataset", "cifar11")
     bad = tmp_path / "bad.py"
     bad.write_text("CONFIG = {'arch': 'vit_smal'}\n")
     with pytest.raises(ConfigError, match="invalid arch 'vit_smal'.*Did you mean 'vit_small'"):
@@ -84,7 +85,7 @@ def test_saved_config_is_json_and_round_trips(tmp_path):
     save_config(cfg, tmp_path / "config.json")
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["num_mix"] == 3 and saved["blur_probs"] == [1.0, 0.1, 0.5]
-    assert PretrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}) == cfg
+    assert PatchMixConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}) == cfg
 
 
 def test_help_teaches(capsys):
@@ -94,3 +95,51 @@ def test_help_teaches(capsys):
     text = capsys.readouterr().out
     for needle in ("torchrun", "PatchMix and loss", "--num-mix", "paper 3, official code 2", "--preset"):
         assert needle in text
+
+
+def test_no_arguments_is_the_demo_and_anything_else_needs_a_recipe():
+    assert parse().output_dir == "output/demo"
+    with pytest.raises(ConfigError, match="no --config given.*cifar10_vit_small.*no arguments at all"):
+        parse("--dataset", "imagenet", "--data-path", "x")
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--base-lr", "-1", "--base-lr -1.0: it must be > 0"),
+    ("--batch-size", "0", "--batch-size 0: it must be >= 1"),
+    ("--blur-probs", "0.5 1.5 0.5", "--blur-probs \\(0.5, 1.5, 0.5\\): it must be >= 0 and <= 1"),
+    ("--epochs", "0", "--epochs 0: it must be >= 1"),
+    ("--temperature", "0", "--temperature 0.0: it must be > 0"),
+])
+def test_values_out_of_range_are_refused(flag, value, message):
+    with pytest.raises(ConfigError, match=message):
+        parse("--config", "demo", flag, *value.split())
+
+
+def test_a_subclass_default_keeps_the_documentation_of_the_field():
+    import dataclasses
+
+    from patchmix.config import TrainConfig
+    base = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    mine = {f.name: f for f in dataclasses.fields(PatchMixConfig)}
+    assert mine["epochs"].default == 800 and base["epochs"].default == 100
+    assert mine["epochs"].metadata == base["epochs"].metadata  # help, group and range come from the base
+    assert mine["data_path"].metadata["run_only"] and not mine["num_mix"].metadata["run_only"]
+
+
+def test_own_recipe_module_builds_on_a_shipped_one(tmp_path):
+    mine = tmp_path / "mine.py"
+    mine.write_text("from patchmix.config import base_recipe\n"
+                    "CONFIG = {**base_recipe('pretrain', 'cifar10_vit_small'), 'epochs': 100}\n")
+    cfg = parse("--config", str(mine))
+    assert (cfg.epochs, cfg.arch, cfg.img_size) == (100, "vit_small", 32)
+
+
+def test_a_new_field_does_not_block_resuming_an_older_run():
+    from patchmix.config import config_differences, config_to_dict
+    cfg = parse("--config", "demo")
+    saved = config_to_dict(cfg)
+    del saved["method"]  # written before the field existed: it counts as its default
+    saved["stop_after_epochs"] = 3  # a field that no longer exists is ignored
+    assert config_differences(saved, cfg) == {}
+    saved["num_mix"] = 2
+    assert config_differences(saved, cfg) == {"num_mix": (2, 3)}

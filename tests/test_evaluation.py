@@ -14,7 +14,10 @@ import main_linear
 import main_pretrain
 from conftest import TINY_PRETRAIN
 from evalkit import TINY, TINY_FLAGS, save_official_pretraining, save_ours, tiny_pretraining_model
-from patchmix.config import CONFIG_DIR, FinetuneConfig, KnnConfig, LinearConfig, parse_config
+from patchmix.config import parse_config, recipe_names
+from patchmix.evaluation.finetune import FinetuneConfig
+from patchmix.evaluation.knn import KnnConfig
+from patchmix.evaluation.linear import LinearConfig
 from patchmix.data import build_dataset, eval_transform
 from patchmix.knn import weighted_knn
 
@@ -126,7 +129,9 @@ def test_linear_probe_outputs_resume_and_frozen_backbone(tmp_path, toy_data, pre
     straight = train(main_linear, tmp_path, toy_data, pretrained, "straight", "--batchnorm")
     results = json.loads((straight / "results.json").read_text())
     assert results["headline"] == "last epoch" and results["backbone_unchanged"] is True
-    assert 0 <= results["top1"] <= 100 and 1 <= results["best_epoch"] <= 2 and results["best_top1"] >= results["top1"]
+    assert 1 <= results["best_epoch"] <= 2 and results["best_top1"] >= results["top1"]
+    lines = [json.loads(line) for line in (straight / "log.txt").read_text().splitlines()]
+    assert results["top1"] == lines[-1]["test_top1"] and results["best_top1"] == max(l["test_top1"] for l in lines)
     assert "sanity check passed" in capsys.readouterr().out
     state = load(straight / "checkpoint.pth")  # weights_only: plain tensors, numbers, strings, dicts
     assert state["epoch"] == 2 and state["kind"] == "linear" and "head.1.weight" in state["model"]
@@ -135,9 +140,13 @@ def test_linear_probe_outputs_resume_and_frozen_backbone(tmp_path, toy_data, pre
     assert (straight / "best.pth").is_file() and (straight / "config.json").is_file()
     assert not list(straight.glob(".*tmp*"))
 
-    # Interrupted after one epoch, then resumed: identical to the uninterrupted run.
-    pieces = train(main_linear, tmp_path, toy_data, pretrained, "pieces", "--batchnorm", "--stop-after-epochs", "1")
-    assert load(pieces / "checkpoint.pth")["epoch"] == 1 and not (pieces / "results.json").exists()
+    # Interrupted mid-epoch (96 images, batch 16: 6 steps per epoch), then resumed: identical to the
+    # uninterrupted run.
+    pieces = train(main_linear, tmp_path, toy_data, pretrained, "pieces", "--batchnorm", "--stop-after-steps", "4")
+    mid = load(pieces / "checkpoint.pth")
+    assert (mid["epoch"], mid["step_in_epoch"]) == (0, 4) and not (pieces / "results.json").exists()
+    train(main_linear, tmp_path, toy_data, pretrained, "pieces", "--batchnorm", "--stop-after-steps", "5")
+    assert (load(pieces / "checkpoint.pth")["epoch"], load(pieces / "checkpoint.pth")["step_in_epoch"]) == (1, 3)
     train(main_linear, tmp_path, toy_data, pretrained, "pieces", "--batchnorm")
     assert_same_state(load(pieces / "checkpoint.pth")["model"], state["model"])
     assert json.loads((pieces / "results.json").read_text())["top1"] == results["top1"]
@@ -160,7 +169,7 @@ def test_finetune_with_ema_resumes_exactly(tmp_path, toy_data, pretrained):
     lines = [json.loads(line) for line in (straight / "log.txt").read_text().splitlines()]
     assert "ema_test_top1" in lines[-1]
 
-    pieces = train(main_finetune, tmp_path, toy_data, pretrained, "pieces", *extra, "--stop-after-epochs", "1")
+    pieces = train(main_finetune, tmp_path, toy_data, pretrained, "pieces", *extra, "--stop-after-steps", "8")
     train(main_finetune, tmp_path, toy_data, pretrained, "pieces", *extra)
     resumed = load(pieces / "checkpoint.pth")
     assert_same_state(resumed["model"], state["model"])
@@ -176,12 +185,13 @@ def test_finetune_with_ema_resumes_exactly(tmp_path, toy_data, pretrained):
 
 
 def test_finetune_optimizer_uses_layer_decay_groups(toy_data, pretrained):
-    from patchmix.classification import build_finetune
     from patchmix.distributed import DistInfo
+    from patchmix.evaluation.finetune import Finetune
     from patchmix.weights import load_weights
-    cfg = parse_config(FinetuneConfig, ["--pretrained-weights", str(pretrained), "--batch-size", "256"],
-                       kind="finetune", description="")
-    recipe = build_finetune(cfg, load_weights(str(pretrained)), 10, DistInfo(0, 1, 0, torch.device("cpu")))
+    cfg = parse_config(FinetuneConfig, ["--config", "demo", "--pretrained-weights", str(pretrained), "--batch-size",
+                                        "256", "--base-lr", "1e-3"], kind="finetune", description="")
+    recipe = Finetune(cfg, load_weights(str(pretrained)), 10, DistInfo(0, 1, 0, torch.device("cpu")), 4, None,
+                      None)
     scales = sorted({round(g["lr_scale"], 6) for g in recipe.optimizer.param_groups})
     depth = TINY["depth"]
     assert scales == sorted({round(0.75 ** (depth + 1 - i), 6) for i in range(depth + 2)})
@@ -197,7 +207,7 @@ def test_finetune_optimizer_uses_layer_decay_groups(toy_data, pretrained):
 
 @pytest.mark.parametrize("kind,cls", [("knn", KnnConfig), ("linear", LinearConfig), ("finetune", FinetuneConfig)])
 def test_every_config_module_parses_and_official_presets_differ(kind, cls):
-    names = sorted(p.stem for p in (CONFIG_DIR / kind).glob("*.py") if not p.stem.startswith("_"))
+    names = recipe_names(kind)
     assert len(names) == 9 and "demo" in names
     for name in names:
         cfg = parse_config(cls, ["--config", name], kind=kind, description="")
@@ -205,13 +215,17 @@ def test_every_config_module_parses_and_official_presets_differ(kind, cls):
         if name != "demo":
             dataset, arch = name.split("_", 1)
             assert cfg.pretrained_weights == f"{dataset}-{arch.replace('_', '-')}-pretrain"
+            if kind != "knn":  # the official base learning rate of the architecture, from its recipe
+                official = {"linear": {"vit_tiny": 0.05, "vit_small": 0.02, "vit_base": 0.01},
+                            "finetune": {"vit_tiny": 1e-3, "vit_small": 5e-4, "vit_base": 5e-4}}[kind]
+                assert cfg.base_lr == official[arch], name
     official = parse_config(cls, ["--config", "cifar10_vit_small", "--preset", "official"], kind=kind,
                             description="")
     if kind in ("knn", "linear"):
         assert official.crop_pct == pytest.approx(32 / 36)  # 32 -> 36 -> centre crop 32
     if kind in ("linear", "finetune"):
         assert official.lr_per_epoch
-    demo = parse_config(cls, [], kind=kind, description="", default_config="demo")
+    demo = parse_config(cls, [], kind=kind, description="")
     assert demo.dataset == "fashion_mnist" and demo.pretrained_weights == "output/demo/checkpoint.pth"
 
 
@@ -264,7 +278,7 @@ def test_randaugment_posterize_survives_magnitude_ten():
     """rand-m9-mstd0.5-inc1 reaches magnitude 10 = keep 0 bits, which recent Pillow refuses: black image."""
     from PIL import Image
 
-    from patchmix.classification import finetune_transform
+    from patchmix.evaluation.finetune import finetune_transform
     transform = finetune_transform(FinetuneConfig(), 28)
     randaugment = next(step for step in transform.transforms if hasattr(step, "ops"))
     posterize = next(op for op in randaugment.ops if op.name == "PosterizeIncreasing")

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from patchmix.loss import LossWeights, PatchMixLoss, contrastive_loss
+from patchmix.loss import Encodings, LossWeights, PatchMixLoss, contrastive_loss
 from patchmix.mix import patch_mix
 
 
@@ -42,7 +42,7 @@ def test_contrastive_loss_is_computed_in_float32_under_low_precision():
 def _outputs(batch=5, dim=6, seed=0):
     g = torch.Generator().manual_seed(seed)
     names = ["q1", "q2_mixed", "k1", "k2", "k1_mixed"]
-    return {n: torch.randn(batch, dim, generator=g, requires_grad=n.startswith("q")) for n in names}
+    return Encodings(**{n: torch.randn(batch, dim, generator=g, requires_grad=n.startswith("q")) for n in names})
 
 
 def test_total_is_o2o_plus_half_mix_terms_with_official_roles():
@@ -52,9 +52,9 @@ def test_total_is_o2o_plus_half_mix_terms_with_official_roles():
     total, terms = PatchMixLoss(o2o_smoothing=0.1)(outputs, m2o, m2m, temperature)
 
     y_o2o = torch.full((batch, batch), 0.1 / batch) + 0.9 * torch.eye(batch)
-    o2o = direct_loss(outputs["q1"].detach(), outputs["k2"], y_o2o, temperature)
-    mix_origin = direct_loss(outputs["q2_mixed"].detach(), outputs["k1"], m2o, temperature)
-    mix_mix = direct_loss(outputs["q2_mixed"].detach(), outputs["k1_mixed"], m2m, temperature)
+    o2o = direct_loss(outputs.q1.detach(), outputs.k2, y_o2o, temperature)
+    mix_origin = direct_loss(outputs.q2_mixed.detach(), outputs.k1, m2o, temperature)
+    mix_mix = direct_loss(outputs.q2_mixed.detach(), outputs.k1_mixed, m2m, temperature)
     assert terms["o2o"].item() == pytest.approx(o2o, rel=1e-5)
     assert terms["m2o"].item() == pytest.approx(mix_origin, rel=1e-5)
     assert terms["m2m"].item() == pytest.approx(mix_mix, rel=1e-5)
@@ -65,12 +65,12 @@ def test_gradient_flows_to_queries_only():
     outputs = _outputs()
     _, m2o, m2m = patch_mix(torch.zeros(5, 3, 4, 4), 2, 2)
     for name in ("k1", "k2", "k1_mixed"):
-        outputs[name].requires_grad_(True)
+        getattr(outputs, name).requires_grad_(True)
     total, _ = PatchMixLoss()(outputs, m2o, m2m, 0.2)
     total.backward()
-    assert outputs["q1"].grad is not None and outputs["q2_mixed"].grad is not None
+    assert outputs.q1.grad is not None and outputs.q2_mixed.grad is not None
     for name in ("k1", "k2", "k1_mixed"):
-        assert outputs[name].grad is None, f"{name} must be a stop-gradient key"
+        assert getattr(outputs, name).grad is None, f"{name} must be a stop-gradient key"
 
 
 @pytest.mark.parametrize("weights,present", [
@@ -98,14 +98,14 @@ def test_local_crop_terms_average_over_crops_and_both_keys():
     batch, crops, temperature = 5, 3, 0.2
     outputs = _outputs(batch)
     g = torch.Generator().manual_seed(1)
-    outputs["local"] = torch.randn(crops * batch, 6, generator=g)
-    outputs["local_mixed"] = torch.randn(crops * batch, 6, generator=g)
+    outputs.local = torch.randn(crops * batch, 6, generator=g)
+    outputs.local_mixed = torch.randn(crops * batch, 6, generator=g)
     _, m2o, m2m = patch_mix(torch.zeros(batch, 3, 4, 4), 2, 2)
     _, terms = PatchMixLoss(o2o_smoothing=0.0)(outputs, m2o, m2m, temperature)
     eye = torch.eye(batch)
-    expected_o2o = sum(direct_loss(c, outputs[k], eye, temperature) for c in outputs["local"].split(batch)
+    expected_o2o = sum(direct_loss(c, getattr(outputs, k), eye, temperature) for c in outputs.local.split(batch)
                        for k in ("k1", "k2")) / crops
-    expected_m2o = sum(direct_loss(c, outputs[k], m2o, temperature) for c in outputs["local_mixed"].split(batch)
+    expected_m2o = sum(direct_loss(c, getattr(outputs, k), m2o, temperature) for c in outputs.local_mixed.split(batch)
                        for k in ("k1", "k2")) / crops
     assert terms["local_o2o"].item() == pytest.approx(expected_o2o, rel=1e-5)
     assert terms["local_m2o"].item() == pytest.approx(expected_m2o, rel=1e-5)

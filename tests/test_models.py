@@ -7,19 +7,23 @@ import math
 import pytest
 import torch
 
-from patchmix.engine import build_optimizer, required_outputs
-from patchmix.loss import LossWeights, PatchMixLoss
+from patchmix.loss import Encodings, LossWeights, Needed, PatchMixLoss, needed_encodings
+from patchmix.methods import PatchMix
 from patchmix.mix import patch_mix
-from patchmix.models import PatchMixModel, build_backbone
-from patchmix.schedules import Schedules, warmup_cosine
+from patchmix.models import build_backbone
+from patchmix.schedules import MomentumStepValues, Schedules, warmup_cosine
 
 TINY = dict(arch="vit_tiny", img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2)
 
 
-def tiny_model(**kwargs) -> PatchMixModel:
+def tiny_model(**kwargs) -> PatchMix:
     options = dict(drop_path_rate=0.0, hidden_dim=64, out_dim=16)
     options.update(kwargs)
-    return PatchMixModel(TINY, **options)
+    return PatchMix(TINY, **options)
+
+
+def encoded(encodings: Encodings) -> dict[str, torch.Tensor]:
+    return {name: value for name, value in vars(encodings).items() if value is not None}
 
 
 @pytest.mark.parametrize("arch,dim,heads", [("vit_tiny", 192, 3), ("vit_small", 384, 12), ("vit_base", 768, 12)])
@@ -79,7 +83,7 @@ def test_momentum_encoder_starts_equal_and_follows_the_ema():
         for p in model.base_encoder.parameters():
             p.add_(torch.randn_like(p))
     before = [p.clone() for p in model.momentum_encoder.parameters()]
-    model.update_momentum(0.9)
+    model.update_teacher(MomentumStepValues(lr=0.0, weight_decay=0.0, momentum=0.9, temperature=0.2))
     for old, new, online in zip(before, model.momentum_encoder.parameters(), model.base_encoder.parameters()):
         assert torch.allclose(new, 0.9 * old + 0.1 * online, atol=1e-6)
 
@@ -92,8 +96,9 @@ def _step_outputs(model, fuse, seed=0):
     x2m = patch_mix(x2, 2, 4, torch.Generator().manual_seed(2))[0]
     local = torch.randn(12, 3, 8, 8)
     local_mixed = torch.randn(12, 3, 8, 8)
-    outputs = model(x1, x2, x1m, x2m, local=local, local_mixed=local_mixed)
+    outputs = model.encode(x1, x2, x1m, x2m, local=local, local_mixed=local_mixed)
     loss, _ = PatchMixLoss()(outputs, m2o, m2m, 0.2)
+    outputs = encoded(outputs)
     model.zero_grad()
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -118,26 +123,27 @@ def test_no_momentum_variant_takes_view1_key_from_the_gradient_pass():
     torch.manual_seed(0)
     model = tiny_model(use_momentum=False)
     x = torch.randn(5, 3, 16, 16)
-    out = model(x, x, x, x, needs=frozenset({"q1", "k1"}))
-    assert not out["k1"].requires_grad
+    out = model.encode(x, x, x, x, needs=["q1", "k1"])
+    assert not out.k1.requires_grad
     projection = model.base_encoder(x)
-    assert torch.allclose(out["q1"], model.predictor(projection), atol=1e-5)
-    assert torch.allclose(out["k1"], projection, atol=1e-5)
+    assert torch.allclose(out.q1, model.predictor(projection), atol=1e-5)
+    assert torch.allclose(out.k1, projection, atol=1e-5)
 
 
 def test_switched_off_terms_skip_their_passes():
-    assert required_outputs(LossWeights(1, 0, 0), False) == {"q1", "k2"}
-    assert required_outputs(LossWeights(0, 0.5, 0), False) == {"q2_mixed", "k1"}
-    assert required_outputs(LossWeights(1, 0.5, 0.5), False) == {"q1", "k2", "q2_mixed", "k1", "k1_mixed"}
+    assert needed_encodings(LossWeights(1, 0, 0), False) == Needed(q1=True, k2=True)
+    assert needed_encodings(LossWeights(0, 0.5, 0), False) == Needed(q2_mixed=True, k1=True)
+    assert needed_encodings(LossWeights(1, 0.5, 0.5), False) == Needed(True, True, True, True, True)
+    assert needed_encodings(LossWeights(0, 0.5, 0), True) == Needed(q2_mixed=True, k1=True, k2=True)
     model = tiny_model()
     x = torch.randn(5, 3, 16, 16)
-    out = model(x, x, None, x, needs=required_outputs(LossWeights(1, 0.5, 0), False))
-    assert set(out) == {"q1", "k2", "q2_mixed", "k1"}
+    out = model.encode(x, x, None, x, needs=needed_encodings(LossWeights(1, 0.5, 0), False).names())
+    assert set(encoded(out)) == {"q1", "k2", "q2_mixed", "k1"}
 
 
 def test_optimizer_groups_decay_weights_not_biases_or_norms():
     model = tiny_model()
-    optimizer = build_optimizer(model, 0.04)
+    optimizer = torch.optim.AdamW(model.param_groups(0.04))
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = {names[id(p)] for g in optimizer.param_groups if g["apply_weight_decay"] for p in g["params"]}
     plain = {names[id(p)] for g in optimizer.param_groups if not g["apply_weight_decay"] for p in g["params"]}
@@ -147,7 +153,7 @@ def test_optimizer_groups_decay_weights_not_biases_or_norms():
     assert "predictor.1.weight" in plain
     assert not any(n.startswith("momentum_encoder") for n in decayed | plain)
     # the split does not depend on the value: a run starting at weight decay 0 still follows its schedule
-    groups = build_optimizer(model, 0.0).param_groups
+    groups = model.param_groups(0.0)
     assert [g["apply_weight_decay"] for g in groups].count(True) == 1
     assert all(g["weight_decay"] == 0.0 for g in groups)
 

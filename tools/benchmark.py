@@ -1,15 +1,21 @@
 """Training-speed benchmark of full PatchMix pretraining steps.
 
-Measures, after warm-up steps: images/s of the real training step (patchmix.engine.train_step), the share of
-each part of a step (data loading, moving to the device, mixer, forward + loss, backward, optimiser, momentum
-update), peak memory, and model FLOPs utilisation (MFU). Any pretraining config and override works:
+Measures, after warm-up steps: images/s of the real training step (patchmix.engine.train_step with the
+pretraining task), the share of each part of a step (data loading, schedule + momentum update, moving to the
+device, mixer, forward + loss, backward, optimiser), peak memory, and model FLOPs utilisation (MFU). Any
+pretraining config and override works:
 
   python tools/benchmark.py --config demo                                  # CPU
   python tools/benchmark.py --config cifar10_vit_tiny --batch-size 512 --amp bf16 --data synthetic
   python tools/benchmark.py --config imagenet_vit_small --batch-size 128 --amp bf16 --compile --data synthetic
 
-Parts are timed with a device synchronisation around each (so they add up to a slightly slower step); images/s
-is measured separately on steps without those synchronisations. ``--data real`` loads and augments real images
+Unless the command sets --fuse-backbone or --no-fuse-backbone, both ways of running the backbone are measured
+(fused: one backbone call per encoder on all its same-resolution inputs; unfused: one call per input), in
+--rounds interleaved rounds, and the ratio of their images/s is reported: it decides the default of each device.
+
+Parts are timed with a device synchronisation around each (so they add up to a slightly slower step; a part
+inside another, the mixer inside the forward pass, is not counted twice); images/s is measured separately on
+steps without those synchronisations. ``--data real`` loads and augments real images
 with the config's data loader; ``synthetic`` feeds random tensors (measures the model alone).
 
 FLOPs per image are counted from the ViT shape (2 FLOPs per multiply-add; matrix products of the attention
@@ -30,17 +36,25 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import timm
 import torch
+from timm.layers import use_fused_attn
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from patchmix.config import PretrainConfig, parse_config  # noqa: E402
-from patchmix.distributed import DistInfo, pick_device  # noqa: E402
-from patchmix.engine import StepContext, amp_dtype, build_optimizer, required_outputs, train_step  # noqa: E402
+import dataclasses  # noqa: E402
+import statistics  # noqa: E402
+
+from patchmix.config import parse_config  # noqa: E402
+from patchmix.data import build_dataset, fixed_subset, resumable_loader  # noqa: E402
+from patchmix.distributed import pick_device  # noqa: E402
+from patchmix.engine import amp_dtype, train_step  # noqa: E402
+from patchmix.loss import LossWeights, needed_encodings  # noqa: E402
+from patchmix.methods import PatchMix, PatchMixConfig  # noqa: E402
 from patchmix.models import arch_spec  # noqa: E402
-from patchmix.pretraining import build_criterion, build_loader, build_model  # noqa: E402
+from patchmix.pretrain import PretrainTask  # noqa: E402
 
 # bf16 dense peak of known GPUs, TFLOP/s (vendor data sheets; SXM parts).
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "V100": 125.0}
@@ -59,10 +73,12 @@ def vit_forward_flops(embed_dim: int, depth: int, img_size: int, patch_size: int
     return 2.0 * (patch_embed + depth * per_block + head + predictor)
 
 
-def step_flops_per_image(cfg: PretrainConfig) -> float:
+def step_flops_per_image(cfg: PatchMixConfig) -> float:
     """FLOPs of one training step per image of the batch, from the passes the active loss terms need."""
     spec = arch_spec(cfg.arch, cfg.embed_dim, cfg.depth, cfg.num_heads)
-    needs = required_outputs(build_criterion(cfg).weights, local_crops=cfg.local_crops_number > 0)
+    weights = LossWeights(cfg.o2o_weight, cfg.m2o_weight, cfg.m2m_weight, cfg.local_o2o_weight,
+                          cfg.local_m2o_weight)
+    needs = needed_encodings(weights, local_crops=cfg.local_crops_number > 0).names()
 
     def forward(size: int, online: bool) -> float:
         return vit_forward_flops(spec.embed_dim, spec.depth, size, cfg.patch_size, cfg.hidden_dim, cfg.out_dim,
@@ -91,11 +107,16 @@ def device_peak_tflops(device: torch.device, override: float) -> tuple[float | N
 
 
 class PartTimer:
-    """Accumulates wall time per named part, synchronising the device around each part."""
+    """Accumulates wall time per named part, synchronising the device around each part.
+
+    A part timed inside another (the mixer inside the forward pass) is subtracted from the outer one, so the
+    parts add up to the step.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.seconds: dict[str, float] = defaultdict(float)
+        self._inner: list[float] = []  # time of the parts nested in each open part
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -105,91 +126,119 @@ class PartTimer:
     def __call__(self, name: str) -> Iterator[None]:
         self._sync()
         tic = time.perf_counter()
-        yield
-        self._sync()
-        self.seconds[name] += time.perf_counter() - tic
+        self._inner.append(0.0)
+        try:
+            yield
+        finally:
+            self._sync()
+            elapsed = time.perf_counter() - tic
+            inner = self._inner.pop()
+            self.seconds[name] += elapsed - inner
+            if self._inner:
+                self._inner[-1] += elapsed
 
 
-def synthetic_batches(cfg: PretrainConfig, batch: int) -> Iterator[list[torch.Tensor]]:
+def synthetic_batches(cfg: PatchMixConfig, batch: int) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
     generator = torch.Generator().manual_seed(0)
     views = [torch.randn(batch, 3, cfg.img_size, cfg.img_size, generator=generator) for _ in range(2)]
     views += [torch.randn(batch, 3, cfg.local_crop_size, cfg.local_crop_size, generator=generator)
               for _ in range(cfg.local_crops_number)]
     while True:
-        yield views
+        yield views, torch.zeros(batch, dtype=torch.long)
 
 
-def run_benchmark(cfg: PretrainConfig, steps: int, warmup: int, data: str, peak_tflops: float = 0.0
-                  ) -> dict[str, Any]:
-    """Measure ``steps`` training steps after ``warmup`` steps; return the results as a dict."""
-    device = pick_device(cfg.device, 0)
-    env = DistInfo(0, 1, 0, device)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg).to(device)
-    if cfg.compile:
-        model.compile_backbones()
-    dtype = amp_dtype(cfg.amp, device)
-    ctx = StepContext(model, build_criterion(cfg), build_optimizer(model, cfg.weight_decay),
-                      torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), device, cfg.num_mix,
-                      cfg.patch_size, torch.Generator().manual_seed(cfg.seed), dtype, cfg.clip_grad)
-    model.train()
-    if data == "real":
-        loader, sampler = build_loader(cfg, env, cfg.batch_size)
+class Bench:
+    """One configuration ready to step: the pretraining task, its grad scaler and a source of batches."""
 
-        def epochs() -> Iterator[list[torch.Tensor]]:
-            epoch = 0
-            while True:
-                sampler.set_epoch(epoch)
-                yield from (views for views, _ in loader)
-                epoch += 1
+    def __init__(self, cfg: PatchMixConfig, data: str) -> None:
+        self.cfg, self.device = cfg, pick_device(cfg.device, 0)
+        torch.manual_seed(cfg.seed)
+        method = PatchMix.from_config(cfg).to(self.device)
+        if cfg.compile:
+            method.compile_backbones()
+        self.task = PretrainTask(method, method, cfg, steps_per_epoch=1000)
+        self.dtype = amp_dtype(cfg.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        method.train()
+        if data == "real":
+            dataset = fixed_subset(build_dataset(cfg.dataset, cfg.data_path, train=True), cfg.train_subset)
+            loader, sampler = resumable_loader(dataset, PatchMix.train_transform(cfg), cfg.seed, cfg.batch_size,
+                                               0, 1, cfg.num_workers)
 
-        batches = epochs()
-    else:
-        batches = synthetic_batches(cfg, cfg.batch_size)
+            def epochs() -> Iterator[Any]:
+                epoch = 0
+                while True:
+                    sampler.set_epoch(epoch)
+                    yield from loader
+                    epoch += 1
 
-    def step(timer: Any = None) -> None:
+            self.batches: Iterator[Any] = epochs()
+        else:
+            self.batches = synthetic_batches(cfg, cfg.batch_size)
+        self.step_index = 0
+        self.step_peak_gib: float | None = None
+
+    def step(self, timer: Any = None) -> None:
         if timer is None:
-            views = next(batches)
-            train_step(ctx, views, 1e-4, 0.05, 0.996, 0.2)
+            batch = next(self.batches)
+            train_step(self.task, self.scaler, batch, self.step_index, self.device, self.dtype, self.cfg.clip_grad)
         else:
             with timer("data_loading"):
-                views = next(batches)
-            train_step(ctx, views, 1e-4, 0.05, 0.996, 0.2, timer=timer)
+                batch = next(self.batches)
+            train_step(self.task, self.scaler, batch, self.step_index, self.device, self.dtype, self.cfg.clip_grad,
+                       timer=timer)
+        self.step_index += 1
 
-    compile_tic = time.perf_counter()
-    for _ in range(warmup):
-        step()
-    warmup_seconds = time.perf_counter() - compile_tic
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
+    def timed(self, steps: int) -> float:
+        """Seconds for ``steps`` steps, device synchronised. On CUDA, also the peak memory the steps allocate
+        above what is held between steps (activations, gradients, temporaries), in ``step_peak_gib``."""
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            held = torch.cuda.memory_allocated(self.device)
+        tic = time.perf_counter()
+        for _ in range(steps):
+            self.step()
+        if cuda:
+            torch.cuda.synchronize(self.device)
+            peak = (torch.cuda.max_memory_allocated(self.device) - held) / 2 ** 30
+            self.step_peak_gib = max(self.step_peak_gib or 0.0, peak)
+        return time.perf_counter() - tic
 
-    tic = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elapsed = time.perf_counter() - tic
+
+def run_benchmark(cfg: PatchMixConfig, steps: int, warmup: int, data: str, peak_tflops: float = 0.0
+                  ) -> dict[str, Any]:
+    """Measure ``steps`` training steps after ``warmup`` steps; return the results as a dict."""
+    bench = Bench(cfg, data)
+    warmup_seconds = bench.timed(warmup)
+    return measure(bench, [bench.timed(steps)], steps, warmup, data, peak_tflops, warmup_seconds)
+
+
+def measure(bench: Bench, round_seconds: list[float], steps: int, warmup: int, data: str, peak_tflops: float,
+            warmup_seconds: float = 0.0) -> dict[str, Any]:
+    """The results of a configuration whose rounds of ``steps`` steps took ``round_seconds``."""
+    cfg, device, dtype = bench.cfg, bench.device, bench.dtype
+    elapsed = statistics.median(round_seconds)
     images_per_second = steps * cfg.batch_size / elapsed
-    peak_memory = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
-
     timer = PartTimer(device)
     for _ in range(steps):
-        step(timer)
+        bench.step(timer)
     total = sum(timer.seconds.values())
     shares = {name: 100.0 * seconds / total for name, seconds in sorted(timer.seconds.items(), key=lambda kv: -kv[1])}
 
     flops = step_flops_per_image(cfg)
     peak, peak_note = device_peak_tflops(device, peak_tflops)
     achieved = flops * images_per_second / 1e12
-    import timm
-    from timm.layers import use_fused_attn
     return {
         "config": cfg.arch + f"/{cfg.patch_size} at {cfg.img_size}px", "batch_size": cfg.batch_size,
         "amp": str(dtype).replace("torch.", "") if dtype else "none", "compile": cfg.compile,
         "data": data, "num_mix": cfg.num_mix, "local_crops": cfg.local_crops_number,
+        "fuse_backbone": bench.task.model.fuse_backbone if bench.task.model.fuse_backbone is not None
+        else device.type == "cuda",
         "images_per_second": images_per_second, "step_ms": 1000.0 * elapsed / steps,
-        "part_share_percent": shares, "peak_memory_gib": peak_memory,
+        "rounds_images_per_second": [steps * cfg.batch_size / t for t in round_seconds],
+        "part_share_percent": shares, "step_peak_memory_gib": bench.step_peak_gib,
         "gflops_per_image_step": flops / 1e9, "achieved_tflops": achieved,
         "mfu_percent": 100.0 * achieved / peak if peak else None, "peak_note": peak_note,
         "warmup_steps": warmup, "warmup_seconds": warmup_seconds, "measured_steps": steps,
@@ -202,21 +251,37 @@ def run_benchmark(cfg: PretrainConfig, steps: int, warmup: int, data: str, peak_
 
 def format_results(results: dict[str, Any]) -> str:
     lines = [f"{results['config']}, batch {results['batch_size']}, amp {results['amp']}, compile "
-             f"{results['compile']}, data {results['data']}, on {results['device']} ({results['threads']} threads)",
+             f"{results['compile']}, fused backbone {results['fuse_backbone']}, data {results['data']}, on "
+             f"{results['device']} ({results['threads']} threads)",
              f"  {results['images_per_second']:.1f} images/s, {results['step_ms']:.1f} ms/step, "
              f"{results['gflops_per_image_step']:.2f} GFLOP per image-step, {results['achieved_tflops']:.3f} TFLOP/s"
              + (f", MFU {results['mfu_percent']:.1f}%" if results["mfu_percent"] is not None else "")
-             + (f", peak memory {results['peak_memory_gib']:.2f} GiB" if results["peak_memory_gib"] else ""),
+             + (f", step peak memory {results['step_peak_memory_gib']:.2f} GiB above the memory held between steps"
+                if results["step_peak_memory_gib"] else ""),
              "  share of a step: " + ", ".join(f"{k} {v:.1f}%" for k, v in results["part_share_percent"].items()),
              f"  {results['peak_note']}; fused attention: {results['fused_attention']}"]
     return "\n".join(lines)
 
 
+def compare_fusion(cfg: PatchMixConfig, steps: int, warmup: int, data: str, peak_tflops: float, rounds: int
+                   ) -> list[dict[str, Any]]:
+    """Fused and unfused backbone passes, measured in interleaved rounds (the median round counts)."""
+    benches = [Bench(dataclasses.replace(cfg, fuse_backbone=fuse), data) for fuse in (True, False)]
+    warmup_seconds = [bench.timed(warmup) for bench in benches]
+    seconds: list[list[float]] = [[], []]
+    for _ in range(rounds):
+        for index, bench in enumerate(benches):
+            seconds[index].append(bench.timed(steps))
+    return [measure(bench, times, steps, warmup, data, peak_tflops, warm)
+            for bench, times, warm in zip(benches, seconds, warmup_seconds)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      add_help=False)
-    parser.add_argument("--steps", type=int, default=10, help="measured steps")
+    parser.add_argument("--steps", type=int, default=10, help="measured steps (per round)")
     parser.add_argument("--warmup", type=int, default=3, help="steps before measuring (compilation, caches)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds when both fusions are measured")
     parser.add_argument("--data", choices=("synthetic", "real"), default="synthetic")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="device peak for the MFU")
     parser.add_argument("--json", default="", help="also write the results to this JSON file")
@@ -225,11 +290,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         print("\nAll pretraining options (python main_pretrain.py --help) are accepted as well.")
         return 0
-    cfg = parse_config(PretrainConfig, rest, kind="pretrain", description=__doc__, default_config="demo")
-    results = run_benchmark(cfg, args.steps, args.warmup, args.data, args.peak_tflops)
-    print(format_results(results))
+    cfg = parse_config(PatchMixConfig, rest or ["--config", "demo"], kind="pretrain", description=__doc__)
+    if cfg.fuse_backbone is None:  # not set: measure both ways
+        results = compare_fusion(cfg, args.steps, args.warmup, args.data, args.peak_tflops, args.rounds)
+    else:
+        results = [run_benchmark(cfg, args.steps, args.warmup, args.data, args.peak_tflops)]
+    print("\n".join(format_results(r) for r in results))
+    if len(results) == 2:
+        ratio = results[0]["images_per_second"] / results[1]["images_per_second"]
+        print(f"fused / unfused images/s: {ratio:.3f} (median of {args.rounds} interleaved rounds of {args.steps} "
+              f"steps each)")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(results if len(results) > 1 else results[0], indent=2) + "\n")
     return 0
 
 

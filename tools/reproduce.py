@@ -35,8 +35,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from patchmix.data import build_dataset, eval_transform, fixed_subset  # noqa: E402
-from patchmix.knn import extract_features, weighted_knn  # noqa: E402
+from patchmix.config import parse_config  # noqa: E402
+from patchmix.knn import extract_features, knn_splits, weighted_knn  # noqa: E402
+from patchmix.methods import PatchMix, PatchMixConfig  # noqa: E402
+from patchmix.models import build_backbone, cls_features  # noqa: E402
+from patchmix.weights import build_model, load_weights  # noqa: E402
 
 # (row name, paper table, extra flags). Table 7 rows use the paper's default m = 3.
 ROWS: list[tuple[str, str, list[str]]] = [
@@ -86,9 +89,8 @@ class Evaluator:
     """kNN and linear probe of CLS features on fixed Fashion-MNIST splits."""
 
     def __init__(self, bank_size: int, img_size: int = 28) -> None:
-        transform = eval_transform(img_size)
-        self.train = fixed_subset(build_dataset("fashion_mnist", "", True, transform), bank_size)
-        self.test = build_dataset("fashion_mnist", "", False, transform)
+        splits = knn_splits("fashion_mnist", "", img_size, train_subset=bank_size)  # the project's kNN harness
+        self.train, self.test = splits.train, splits.test
         self.device = torch.device("cpu")
 
     def features(self, encode) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -103,12 +105,7 @@ class Evaluator:
 
 
 def encoder_of(checkpoint: Path) -> torch.nn.Module:
-    from patchmix.weights import build_model, load_weights
     return build_model(load_weights(str(checkpoint))).eval()
-
-
-def cls_encode(model: torch.nn.Module):
-    return lambda images: model.forward_head(model.forward_features(images), pre_logits=True)
 
 
 def summarise(values: list[float]) -> str:
@@ -185,20 +182,17 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"[{time.time() - tic:6.0f}s] pretraining {name}, seed {seed}", flush=True)
             subprocess.run(command, cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL)
-            scores = evaluator.scores(cls_encode(encoder_of(out / "checkpoint.pth")))
+            scores = evaluator.scores(cls_features(encoder_of(out / "checkpoint.pth")))
             results["rows"].setdefault(name, {})[str(seed)] = scores
             results_path.write_text(json.dumps(results, indent=2))
             print(f"           kNN {scores['knn']:.1f}  linear {scores['linear']:.1f}", flush=True)
 
-    from patchmix.config import PretrainConfig, parse_config
-    from patchmix.models import build_backbone
-    from patchmix.pretraining import backbone_kwargs
-    demo = backbone_kwargs(parse_config(PretrainConfig, ["--config", "demo"], "pretrain", ""))
+    demo = PatchMix.backbone_kwargs(parse_config(PatchMixConfig, ["--config", "demo"], "pretrain", ""))
     for seed in args.seeds:
         if str(seed) not in results["floors"].get("random init", {}):
             torch.manual_seed(seed)
             model = build_backbone(**demo).eval()
-            results["floors"].setdefault("random init", {})[str(seed)] = evaluator.scores(cls_encode(model))
+            results["floors"].setdefault("random init", {})[str(seed)] = evaluator.scores(cls_features(model))
     if "raw pixels" not in results["floors"]:
         results["floors"]["raw pixels"] = {"-": evaluator.scores(lambda images: images.flatten(1))}
     results["wall_minutes"] = results.get("wall_minutes", 0.0) + (time.time() - tic) / 60

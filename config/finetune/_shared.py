@@ -12,10 +12,10 @@ label smoothing 0.1. The official code reports the best epoch; results.json has 
 """
 
 # CIFAR: RandomCrop(32, padding 4) instead of RandomResizedCrop; test images as they are. Batch 256.
-CIFAR = {"batch_size": 256, "crop_padding": 4, "crop_pct": 1.0, "num_workers": 8}
+CIFAR = {"batch_size": 256, "crop_padding": 4, "num_workers": 8}
 CIFAR_OFFICIAL = {"lr_per_epoch": True}
 # ImageNet: RandomResizedCrop(224, 0.08-1); test resize 256, centre crop 224. Batch 1024 (lr x 4).
-IMAGENET = {"dataset": "imagenet", "batch_size": 1024, "crop_pct": 0.875, "num_workers": 10}
+IMAGENET = {"dataset": "imagenet", "batch_size": 1024, "num_workers": 10}
 IMAGENET_OFFICIAL = {"lr_per_epoch": True}
 
 # lr = BASE_LR x BATCH_SIZE / 256

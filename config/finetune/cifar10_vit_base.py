@@ -3,7 +3,7 @@
 Paper result (top-1): 98.3. Pass --pretrained-weights to evaluate your own checkpoint instead.
 """
 
-from config.finetune._shared import CIFAR, CIFAR_OFFICIAL, VIT_BASE
+from ._shared import CIFAR, CIFAR_OFFICIAL, VIT_BASE
 
 CONFIG = {**CIFAR, **VIT_BASE, "dataset": "cifar10", "pretrained_weights": "cifar10-vit-base-pretrain",
           "output_dir": "output/finetune/cifar10_vit_base"}

@@ -3,7 +3,7 @@
 Paper result (top-1): 84.1. Pass --pretrained-weights to evaluate your own checkpoint instead.
 """
 
-from config.finetune._shared import IMAGENET, IMAGENET_OFFICIAL, VIT_BASE
+from ._shared import IMAGENET, IMAGENET_OFFICIAL, VIT_BASE
 
 CONFIG = {**IMAGENET, **VIT_BASE, "dataset": "imagenet", "pretrained_weights": "imagenet-vit-base-pretrain",
           "output_dir": "output/finetune/imagenet_vit_base"}

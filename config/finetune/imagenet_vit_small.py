@@ -3,7 +3,7 @@
 Paper result (top-1): 82.8. Pass --pretrained-weights to evaluate your own checkpoint instead.
 """
 
-from config.finetune._shared import IMAGENET, IMAGENET_OFFICIAL, VIT_SMALL
+from ._shared import IMAGENET, IMAGENET_OFFICIAL, VIT_SMALL
 
 CONFIG = {**IMAGENET, **VIT_SMALL, "dataset": "imagenet", "pretrained_weights": "imagenet-vit-small-pretrain",
           "output_dir": "output/finetune/imagenet_vit_small"}

@@ -10,10 +10,10 @@ T = 0.07, k in (10, 20, 100, 200) with k = 20 as the headline. The official code
 CLS token (a bug, spec 7.8) is not reproduced by any preset.
 """
 
-# CIFAR test images as they are (32 px). Official: resized to 36 px, then centre-cropped to 32.
-CIFAR = {"batch_size": 256, "crop_pct": 1.0, "num_workers": 8}
+# Test images: the standard crop of the dataset (patchmix.data.standard_crop_pct: CIFAR as they are, ImageNet
+# resize 256 and centre crop 224). Official CIFAR: resized to 36 px, then centre-cropped to 32.
+CIFAR = {"batch_size": 256, "num_workers": 8}
 CIFAR_OFFICIAL = {"crop_pct": 32 / 36}
 
-# ImageNet: resize 256, centre crop 224 (both presets).
-IMAGENET = {"dataset": "imagenet", "batch_size": 1024, "crop_pct": 0.875, "num_workers": 10}
+IMAGENET = {"dataset": "imagenet", "batch_size": 1024, "num_workers": 10}
 IMAGENET_OFFICIAL: dict = {}

@@ -3,7 +3,7 @@
 Paper result (top-1): 75.7. Pass --pretrained-weights to evaluate your own checkpoint instead.
 """
 
-from config.knn._shared import CIFAR, CIFAR_OFFICIAL
+from ._shared import CIFAR, CIFAR_OFFICIAL
 
 CONFIG = {**CIFAR, "dataset": "cifar100", "pretrained_weights": "cifar100-vit-base-pretrain",
           "output_dir": "output/knn/cifar100_vit_base"}

@@ -3,7 +3,7 @@
 Paper result (top-1): 92.9. Pass --pretrained-weights to evaluate your own checkpoint instead.
 """
 
-from config.knn._shared import CIFAR, CIFAR_OFFICIAL
+from ._shared import CIFAR, CIFAR_OFFICIAL
 
 CONFIG = {**CIFAR, "dataset": "cifar10", "pretrained_weights": "cifar10-vit-tiny-pretrain",
           "output_dir": "output/knn/cifar10_vit_tiny"}

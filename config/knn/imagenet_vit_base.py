@@ -3,7 +3,7 @@
 Paper result (top-1): 76.2. Pass --pretrained-weights to evaluate your own checkpoint instead.
 """
 
-from config.knn._shared import IMAGENET, IMAGENET_OFFICIAL
+from ._shared import IMAGENET, IMAGENET_OFFICIAL
 
 CONFIG = {**IMAGENET, "dataset": "imagenet", "pretrained_weights": "imagenet-vit-base-pretrain",
           "output_dir": "output/knn/imagenet_vit_base"}

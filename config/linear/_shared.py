@@ -13,9 +13,9 @@ last epoch (headline) and the best.
 """
 
 # lr = BASE_LR x BATCH_SIZE / 256: CIFAR batch 256 (lr unchanged), ImageNet batch 1024 (lr x 4).
-CIFAR = {"batch_size": 256, "epochs": 100, "crop_pct": 1.0, "num_workers": 8}
+CIFAR = {"batch_size": 256, "epochs": 100, "num_workers": 8}
 CIFAR_OFFICIAL = {"crop_pct": 32 / 36, "lr_per_epoch": True}  # test images 32 -> 36 -> centre crop 32
-IMAGENET = {"dataset": "imagenet", "batch_size": 1024, "epochs": 100, "crop_pct": 0.875, "num_workers": 10}
+IMAGENET = {"dataset": "imagenet", "batch_size": 1024, "epochs": 100, "num_workers": 10}
 IMAGENET_OFFICIAL = {"lr_per_epoch": True}
 
 VIT_TINY = {"base_lr": 0.05}

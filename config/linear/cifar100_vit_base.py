@@ -3,7 +3,7 @@
 Paper result (top-1): 79.7. Pass --pretrained-weights to evaluate your own checkpoint instead.
 """
 
-from config.linear._shared import CIFAR, CIFAR_OFFICIAL, VIT_BASE
+from ._shared import CIFAR, CIFAR_OFFICIAL, VIT_BASE
 
 CONFIG = {**CIFAR, **VIT_BASE, "dataset": "cifar100", "pretrained_weights": "cifar100-vit-base-pretrain",
           "output_dir": "output/linear/cifar100_vit_base"}

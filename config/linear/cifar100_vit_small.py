@@ -3,7 +3,7 @@
 Paper result (top-1): 78.7. Pass --pretrained-weights to evaluate your own checkpoint instead.
 """
 
-from config.linear._shared import CIFAR, CIFAR_OFFICIAL, VIT_SMALL
+from ._shared import CIFAR, CIFAR_OFFICIAL, VIT_SMALL
 
 CONFIG = {**CIFAR, **VIT_SMALL, "dataset": "cifar100", "pretrained_weights": "cifar100-vit-small-pretrain",
           "output_dir": "output/linear/cifar100_vit_small"}

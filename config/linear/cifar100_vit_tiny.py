@@ -3,7 +3,7 @@
 Paper result (top-1): 74.7. Pass --pretrained-weights to evaluate your own checkpoint instead.
 """
 
-from config.linear._shared import CIFAR, CIFAR_OFFICIAL, VIT_TINY
+from ._shared import CIFAR, CIFAR_OFFICIAL, VIT_TINY
 
 CONFIG = {**CIFAR, **VIT_TINY, "dataset": "cifar100", "pretrained_weights": "cifar100-vit-tiny-pretrain",
           "output_dir": "output/linear/cifar100_vit_tiny"}

@@ -3,7 +3,7 @@
 Paper result (top-1): 77.4. Pass --pretrained-weights to evaluate your own checkpoint instead.
 """
 
-from config.linear._shared import IMAGENET, IMAGENET_OFFICIAL, VIT_SMALL
+from ._shared import IMAGENET, IMAGENET_OFFICIAL, VIT_SMALL
 
 CONFIG = {**IMAGENET, **VIT_SMALL, "dataset": "imagenet", "pretrained_weights": "imagenet-vit-small-pretrain",
           "output_dir": "output/linear/imagenet_vit_small"}

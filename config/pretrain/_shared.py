@@ -6,20 +6,20 @@ A recipe module combines one dataset base with one architecture::
     OFFICIAL = {**CIFAR_OFFICIAL, **VIT_SMALL_OFFICIAL}
 
 ``CONFIG`` holds the paper's values; ``OFFICIAL`` the changes ``--preset official`` applies to match the
-authors' released code. Everything not listed keeps the defaults of ``patchmix.config.PretrainConfig``
+authors' released code. Everything not listed keeps the defaults of ``patchmix.methods.PatchMixConfig``
 (temperature 0.2, heads 4096/256, drop path 0.1, o2o smoothing 0.1, AdamW, weight decay 0.04 -> 0.4, ...).
 """
 
 # The official code differs from the paper in these ways on every recipe (README, "Paper vs. official code").
 COMMON_OFFICIAL = {"num_mix": 2, "momentum_per_epoch": True, "amp": "fp16"}  # fp16 autocast + GradScaler
 
-CIFAR = {"img_size": 32, "patch_size": 2, "crop_min": 0.1, "epochs": 800, "warmup_epochs": 100,
+CIFAR = {"method": "patchmix", "img_size": 32, "patch_size": 2, "crop_min": 0.1, "epochs": 800, "warmup_epochs": 100,
          "batch_size": 512, "save_freq": 100, "num_workers": 8}
 CIFAR_OFFICIAL = dict(COMMON_OFFICIAL)
 
 # Paper: two 224-px views with crops of (0.05, 1). Official configs: 8 extra 96-px crops, each also mixed, and
 # global crops of (0.35, 1).
-IMAGENET = {"dataset": "imagenet", "img_size": 224, "patch_size": 16, "crop_min": 0.05, "epochs": 300,
+IMAGENET = {"method": "patchmix", "dataset": "imagenet", "img_size": 224, "patch_size": 16, "crop_min": 0.05, "epochs": 300,
             "warmup_epochs": 10, "batch_size": 1024, "save_freq": 10, "num_workers": 10}
 IMAGENET_OFFICIAL = {**COMMON_OFFICIAL, "local_crops_number": 8, "crop_min": 0.35}
 

@@ -7,7 +7,7 @@ blur on every 28-px view erases most of the image); saturation and hue jitter ar
 """
 
 CONFIG = {
-    "dataset": "fashion_mnist", "img_size": 28, "patch_size": 7, "crop_min": 0.25,
+    "method": "patchmix", "dataset": "fashion_mnist", "img_size": 28, "patch_size": 7, "crop_min": 0.25,
     "arch": "vit_tiny", "embed_dim": 128, "depth": 6, "num_heads": 4, "drop_path": 0.0,
     "hidden_dim": 512, "out_dim": 128, "momentum": 0.99,
     "blur_probs": (0.5, 0.1, 0.5), "color_jitter": (0.4, 0.4, 0.0, 0.0), "train_subset": 24000,
