@@ -268,7 +268,7 @@ def test_hubconf_entry_uses_a_hand_downloaded_copy(tmp_path, monkeypatch):
     target.parent.mkdir(parents=True)
     torch.save({"state_dict": {f"base_encoder.{k}": v for k, v in vit.state_dict().items()}}, target)
     monkeypatch.setenv("PATCHMIX_WEIGHTS_DIR", str(tmp_path / "weights"))
-    monkeypatch.syspath_prepend(str(Path(W.__file__).resolve().parent.parent))
+    monkeypatch.syspath_prepend(str(Path(W.__file__).resolve().parents[2]))  # the repository root (hubconf.py)
     hubconf = importlib.import_module("hubconf")
     assert hubconf.dependencies == ["torch", "timm"]
     model = hubconf.patchmix_vit_tiny2_cifar10().eval()

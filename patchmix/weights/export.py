@@ -1,0 +1,87 @@
+"""Export of loaded weights as a plain timm backbone that loads without this code.
+
+Writes the backbone as ``.pth`` (with a SHA-256 suffix torch.hub checks) and ``.safetensors`` plus a JSON record
+holding the ``timm.create_model`` call that rebuilds it; timm's own ViT sizes differ from PatchMix's (ViT-S:
+6 heads vs 12), so :func:`timm_model_name` works out the arguments that are needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from patchmix.checkpoint import save_checkpoint
+from patchmix.data import IMAGENET_MEAN, IMAGENET_STD
+from patchmix.models import ARCHS
+from patchmix.weights.layout import LoadedWeights
+
+
+_TIMM_DEFAULT_HEADS = {"vit_tiny": 3, "vit_small": 6, "vit_base": 12}
+
+
+def timm_model_name(backbone: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A timm model name and the keyword arguments that make it this backbone (as few as needed).
+
+    timm's ViT-S has 6 heads, PatchMix's 12: for vit_small, ``num_heads=12`` is always among the arguments.
+    """
+    arch = backbone["arch"] if backbone["arch"] in ARCHS else "vit_tiny"
+    name = f"{arch}_patch16_224"
+    spec = ARCHS[arch]
+    kwargs: dict[str, Any] = {}
+    if backbone["embed_dim"] != spec.embed_dim:
+        kwargs["embed_dim"] = backbone["embed_dim"]
+    if backbone["depth"] != spec.depth:
+        kwargs["depth"] = backbone["depth"]
+    if backbone["num_heads"] != _TIMM_DEFAULT_HEADS[arch]:
+        kwargs["num_heads"] = backbone["num_heads"]
+    if backbone["patch_size"] != 16:
+        kwargs["patch_size"] = backbone["patch_size"]
+    if backbone["img_size"] != 224:
+        kwargs["img_size"] = backbone["img_size"]
+    return name, kwargs
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def export_backbone(loaded: LoadedWeights, out_dir: str | os.PathLike, name: str = "") -> dict[str, Any]:
+    """Write ``loaded``'s backbone as a plain timm state dict: ``NAME-<sha256[:8]>.pth`` (the hash suffix lets
+    ``torch.hub`` check downloads), ``NAME.safetensors`` (architecture in its metadata) and ``NAME.json``.
+
+    Returns the JSON record, which also holds the ``timm.create_model`` call that loads the files.
+    """
+    from safetensors.torch import save_file  # imported here: only export writes .safetensors files
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    b = loaded.backbone
+    name = name or f"patchmix_{b['arch'] if b['arch'] in ARCHS else 'vit'}_p{b['patch_size']}_{b['img_size']}"
+    tensors = {k: v.detach().contiguous().clone() for k, v in loaded.state_dict.items()}
+    tmp = save_checkpoint(tensors, out / f".{name}.pth.partial")
+    digest = _sha256(tmp)
+    pth = out / f"{name}-{digest[:8]}.pth"
+    os.replace(tmp, pth)
+    st = out / f"{name}.safetensors"
+    st_tmp = out / f".{name}.safetensors.partial"
+    save_file(tensors, str(st_tmp), metadata={"patchmix_backbone": json.dumps(b), "format": "pt"})
+    os.chmod(st_tmp, pth.stat().st_mode & 0o777)  # same permissions as the .pth (safetensors writes 0600)
+    os.replace(st_tmp, st)
+    timm_name, timm_kwargs = timm_model_name(b)
+    call_kwargs = "".join(f", {k}={v!r}" for k, v in timm_kwargs.items())
+    record = {"backbone": b, "source": loaded.source, "format": loaded.kind, "encoder": loaded.encoder,
+              "files": {"pth": pth.name, "safetensors": st.name}, "sha256": digest,
+              "timm_model": timm_name, "timm_kwargs": timm_kwargs, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+              "feature": "CLS token after the final LayerNorm (num_classes=0)",
+              "usage": (f"timm.create_model({timm_name!r}, pretrained=True, num_classes=0{call_kwargs}, "
+                        f"pretrained_cfg_overlay=dict(file={str(pth)!r}, mean={IMAGENET_MEAN}, "
+                        f"std={IMAGENET_STD}, input_size=(3, {b['img_size']}, {b['img_size']})))")}
+    (out / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
