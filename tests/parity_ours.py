@@ -4,8 +4,8 @@ Shared by ``tools/parity/patchmix_step.py`` (which runs the official code next t
 ``tests/test_parity_golden.py`` (which compares ours with numbers the official code produced once). Nothing here
 imports the official code.
 
-Only :func:`run_ours` touches the training-step API (``patchmix.engine.train_step``, ``StepContext``,
-``PatchMixModel``, ``PatchMixLoss``, ``build_optimizer``); when that API changes, update that function alone.
+Only :func:`run_ours` (and :func:`build_our_model`) touch the training-step API (``patchmix.engine.train_step``,
+``patchmix.pretrain.PretrainTask``, the ``PatchMix`` method); when that API changes, update those alone.
 Everything else (settings, weights, batch, the permutation -> offsets map, summaries) is independent of it.
 """
 
@@ -18,11 +18,13 @@ from unittest import mock
 
 import torch
 
-import patchmix.engine as engine
+import patchmix.methods.patchmix as patchmix_method
 import patchmix.mix as mix
-from patchmix.engine import StepContext, build_optimizer, train_step
+from patchmix.engine import train_step
 from patchmix.loss import LossWeights, PatchMixLoss
-from patchmix.models import PatchMixModel
+from patchmix.methods import PatchMix, PatchMixConfig
+from patchmix.pretrain import PretrainTask
+from patchmix.schedules import MomentumStepValues
 
 # A model small enough to run both implementations in seconds. Drop path is 0 because its random masks cannot be
 # matched between the two code bases; everything runs in fp32.
@@ -138,12 +140,25 @@ class OursResult:
     mixed: list[dict[str, torch.Tensor]] = field(default_factory=list)  # per step: view -> mixed images
 
 
-def build_our_model(use_momentum: bool, settings: dict = SETTINGS) -> PatchMixModel:
+def build_our_model(use_momentum: bool, settings: dict = SETTINGS, num_mix: int = 2) -> PatchMix:
     backbone = {"arch": "vit_tiny", "img_size": settings["img_size"], "patch_size": settings["patch_size"],
                 "embed_dim": settings["embed_dim"], "depth": settings["depth"], "num_heads": settings["num_heads"]}
-    return PatchMixModel(backbone, drop_path_rate=settings["drop_path"], proj_layers=settings["proj_layers"],
-                         pred_layers=settings["pred_layers"], hidden_dim=settings["hidden_dim"],
-                         out_dim=settings["out_dim"], use_momentum=use_momentum)
+    criterion = PatchMixLoss(LossWeights(), o2o_smoothing=settings["o2o_smoothing"],
+                             mix_smoothing=settings["mix_smoothing"])
+    return PatchMix(backbone, drop_path_rate=settings["drop_path"], proj_layers=settings["proj_layers"],
+                    pred_layers=settings["pred_layers"], hidden_dim=settings["hidden_dim"],
+                    out_dim=settings["out_dim"], use_momentum=use_momentum, num_mix=num_mix, criterion=criterion)
+
+
+class _Constant:
+    """A schedule that gives the same values at every step (both sides use the same constant values)."""
+
+    def __init__(self, settings: dict) -> None:
+        self.values = MomentumStepValues(settings["lr"], settings["weight_decay"], settings["momentum"],
+                                         settings["temperature"])
+
+    def at(self, step: int) -> MomentumStepValues:
+        return self.values
 
 
 def run_ours(state_dict: dict[str, torch.Tensor], views: tuple[torch.Tensor, torch.Tensor],
@@ -166,15 +181,14 @@ def run_ours(state_dict: dict[str, torch.Tensor], views: tuple[torch.Tensor, tor
     Returns the loss terms, the gradients as our step computed them, the state dict after every step and the
     mixed images.
     """
-    model = build_our_model(use_momentum, settings)
+    model = build_our_model(use_momentum, settings, num_mix)
     missing, unexpected = model.load_state_dict(state_dict, strict=True)
     assert not missing and not unexpected
-    criterion = PatchMixLoss(LossWeights(), o2o_smoothing=settings["o2o_smoothing"],
-                             mix_smoothing=settings["mix_smoothing"])
-    optimizer = build_optimizer(model, settings["weight_decay"])
-    ctx = StepContext(model=model, criterion=criterion, optimizer=optimizer,
-                      scaler=torch.amp.GradScaler("cpu", enabled=False), device=torch.device("cpu"),
-                      num_mix=num_mix, patch_size=settings["patch_size"], mix_generator=torch.Generator())
+    cfg = PatchMixConfig(weight_decay=settings["weight_decay"], num_mix=num_mix)
+    task = PretrainTask(model, model, cfg, steps_per_epoch=1)
+    task.schedules = _Constant(settings)
+    optimizer = task.optimizer
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
     names = {id(p): n for n, p in model.named_parameters()}
     result = OursResult()
     state = {"step": 0, "view": None}
@@ -189,7 +203,7 @@ def run_ours(state_dict: dict[str, torch.Tensor], views: tuple[torch.Tensor, tor
                     index, values = overrides[names[id(p)]]
                     p.grad.view(-1)[index] = values.to(p.grad.dtype)
 
-    real_patch_mix = engine.patch_mix
+    real_patch_mix = patchmix_method.patch_mix
 
     def patch_mix_of_view(images, n_mix, patch_size, generator=None):
         matches = [v for v, x in zip(VIEWS, views) if x.shape == images.shape and torch.equal(x, images)]
@@ -209,7 +223,7 @@ def run_ours(state_dict: dict[str, torch.Tensor], views: tuple[torch.Tensor, tor
         return offsets_from_permutation(perm, n_mix).to(device or "cpu")
 
     hook = optimizer.register_step_pre_hook(on_optimizer_step)
-    patches = [mock.patch.object(engine, "patch_mix", patch_mix_of_view),
+    patches = [mock.patch.object(patchmix_method, "patch_mix", patch_mix_of_view),
                mock.patch.object(mix, "mix_offsets", recorded_offsets)]
     with contextlib.ExitStack() as stack:
         for p in patches:
@@ -218,8 +232,7 @@ def run_ours(state_dict: dict[str, torch.Tensor], views: tuple[torch.Tensor, tor
         for step in range(len(permutations)):
             state["step"] = step
             result.mixed.append({})
-            values = train_step(ctx, list(views), settings["lr"], settings["weight_decay"], settings["momentum"],
-                                settings["temperature"])
+            _, values = train_step(task, scaler, (list(views), None), step, torch.device("cpu"))
             result.losses.append({k: float(values[k]) for k in ("o2o", "m2o", "m2m", "loss")})
             result.states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
     hook.remove()
