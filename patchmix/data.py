@@ -24,6 +24,7 @@ from torch.utils.data import Dataset, DistributedSampler, Subset
 from torchvision import datasets, transforms
 from torchvision.transforms import InterpolationMode
 
+from patchmix.config import suggest
 from patchmix.distributed import barrier, is_main_process
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "DATASETS", "DataError", "build_dataset", "num_classes",
@@ -242,10 +243,7 @@ def build_dataset(name: str, data_path: str, train: bool, transform: Callable | 
                   download: bool = False) -> Dataset:
     """The ``train`` or test split of a dataset; items are ``(transform(RGB PIL image), label)``."""
     if name not in DATASETS:
-        import difflib
-        close = difflib.get_close_matches(name, DATASETS, n=1)
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}."
-                        + (f" Did you mean {close[0]!r}?" if close else ""))
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.{suggest(name, DATASETS)}")
     if name in ("cifar10", "cifar100"):
         dataset = _cifar(name, data_path or "data", train, download, transform)
     elif name == "fashion_mnist":

@@ -28,11 +28,25 @@ from typing import Any, Callable, Iterable, NamedTuple
 import torch
 import torch.distributed as dist
 
-from patchmix.checkpoint import (FORMAT_VERSION, LATEST_NAME, CheckpointError, capture_rng, load_checkpoint,
-                                 restore_rng, save_checkpoint)
+from patchmix.checkpoint import (
+    FORMAT_VERSION,
+    LATEST_NAME,
+    CheckpointError,
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 from patchmix.config import ConfigError
-from patchmix.distributed import (DistInfo, all_reduce_mean, barrier, collective_device, get_world_size,
-                                  is_distributed, parameters_in_sync)
+from patchmix.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    barrier,
+    collective_device,
+    get_world_size,
+    is_distributed,
+    parameters_in_sync,
+)
 from patchmix.rundir import keep_numbered_copy
 from patchmix.runlog import RunLogger
 from patchmix.schedules import StepValues

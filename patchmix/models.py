@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
+from patchmix.config import suggest
+
 __all__ = ["ARCHS", "ArchSpec", "arch_spec", "build_backbone", "build_mlp", "cls_features", "encode"]
 
 
@@ -36,10 +38,7 @@ ARCHS: dict[str, ArchSpec] = {
 def arch_spec(arch: str, embed_dim: int = 0, depth: int = 0, num_heads: int = 0) -> ArchSpec:
     """Look up an architecture; non-zero arguments override its width, depth or head count."""
     if arch not in ARCHS:
-        import difflib
-        close = difflib.get_close_matches(arch, list(ARCHS), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}.{hint}")
+        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}.{suggest(arch, list(ARCHS))}")
     spec = ARCHS[arch]
     spec = ArchSpec(embed_dim or spec.embed_dim, depth or spec.depth, num_heads or spec.num_heads)
     if spec.embed_dim % spec.num_heads:

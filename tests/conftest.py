@@ -44,7 +44,8 @@ def toy_data(tmp_path_factory) -> Path:
 
 
 # A pretraining run small enough for a unit test: 16-px images, 4-px patches, a 2-block 32-d ViT.
-TINY_PRETRAIN = ["--config", "demo", "--dataset", "fashion_mnist", "--img-size", "16", "--patch-size", "4", "--arch", "vit_tiny",
+TINY_PRETRAIN = ["--config", "demo", "--dataset", "fashion_mnist", "--img-size", "16", "--patch-size", "4",
+                 "--arch", "vit_tiny",
                  "--embed-dim", "32", "--depth", "2", "--num-heads", "2", "--hidden-dim", "64", "--out-dim", "32",
                  "--batch-size", "16", "--epochs", "2", "--warmup-epochs", "1", "--num-workers", "0",
                  "--device", "cpu", "--no-knn-eval", "--log-freq", "1", "--save-freq", "1", "--train-subset", "64"]

@@ -15,7 +15,8 @@ from patchmix.methods import PatchMix
 from patchmix.models import build_backbone
 
 TINY = {"arch": "vit_tiny", "img_size": 16, "patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}
-TINY_FLAGS = ["--config", "demo", "--img-size", "16", "--num-workers", "0", "--device", "cpu", "--dataset", "fashion_mnist"]
+TINY_FLAGS = ["--config", "demo", "--img-size", "16", "--num-workers", "0", "--device", "cpu", "--dataset",
+              "fashion_mnist"]
 
 
 def tiny_pretraining_model(use_momentum: bool = True, seed: int = 0) -> PatchMix:

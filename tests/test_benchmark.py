@@ -6,7 +6,6 @@ import json
 import sys
 
 import pytest
-
 from conftest import REPO_ROOT, TINY_PRETRAIN
 
 sys.path.insert(0, str(REPO_ROOT / "tools"))

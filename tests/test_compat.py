@@ -23,7 +23,8 @@ def test_a_mid_epoch_checkpoint_of_the_old_code_resumes_to_the_old_final_weights
     assert torch.load(out / "checkpoint.pth", weights_only=True)["step_in_epoch"] == 3
     # The old command had no --config (the demo recipe was the silent default), and fused the backbone passes
     # (now the default on GPUs only): both explicit, so the same floating-point operations run.
-    assert main_pretrain.main(["--config", "demo", "--fuse-backbone", *expected["flags"], "--data-path", str(toy_data), "--output-dir", str(out)]) == 0
+    assert main_pretrain.main(["--config", "demo", "--fuse-backbone", *expected["flags"], "--data-path", str(toy_data),
+                              "--output-dir", str(out)]) == 0
     assert "Resumed from" in capsys.readouterr().out
     state = torch.load(out / "checkpoint.pth", weights_only=True)
     assert (state["epoch"], state["global_step"]) == (expected["final_epoch"], expected["final_global_step"])

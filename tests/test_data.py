@@ -7,11 +7,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_fashion_like, write_idx
 from torch.utils.data import DataLoader
 
-from conftest import make_fashion_like, write_idx
-from patchmix.data import (DataError, FashionMNIST, PatchMixTransform, ResumableDistributedSampler,
-                           SeededTransformDataset, build_dataset, eval_transform, fixed_subset, num_classes)
+from patchmix.data import (
+    DataError,
+    FashionMNIST,
+    PatchMixTransform,
+    ResumableDistributedSampler,
+    SeededTransformDataset,
+    build_dataset,
+    eval_transform,
+    fixed_subset,
+    num_classes,
+)
 
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -26,13 +35,13 @@ def test_fashion_mnist_reader_returns_rgb_images_and_labels(toy_data):
 
 def test_fashion_mnist_torchvision_layout_and_plain_files(tmp_path):
     raw = make_fashion_like(tmp_path / "root" / "FashionMNIST" / "raw", train=8, test=4)
-    assert len(FashionMNIST(tmp_path / "root")) == 8
+    found = FashionMNIST(tmp_path / "root")
+    assert len(found) == 8 and found.root == raw
     plain = tmp_path / "plain"
     plain.mkdir()
     write_idx(plain / "train-images-idx3-ubyte", np.zeros((3, 28, 28)))
     write_idx(plain / "train-labels-idx1-ubyte", np.zeros(3))
     assert len(FashionMNIST(plain)) == 3
-    assert raw.exists()
 
 
 @pytest.mark.skipif(not REAL_FASHION.is_dir(), reason="Debian package dataset-fashion-mnist not installed")

@@ -7,9 +7,11 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
-
 from conftest import REPO_ROOT, TINY_PRETRAIN
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 
 def torchrun(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:

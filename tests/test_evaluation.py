@@ -7,18 +7,18 @@ import math
 
 import pytest
 import torch
+from conftest import TINY_PRETRAIN
+from evalkit import TINY, TINY_FLAGS, save_official_pretraining, save_ours, tiny_pretraining_model
 
 import main_finetune
 import main_knn
 import main_linear
 import main_pretrain
-from conftest import TINY_PRETRAIN
-from evalkit import TINY, TINY_FLAGS, save_official_pretraining, save_ours, tiny_pretraining_model
 from patchmix.config import parse_config, recipe_names
+from patchmix.data import build_dataset, eval_transform
 from patchmix.evaluation.finetune import FinetuneConfig
 from patchmix.evaluation.knn import KnnConfig
 from patchmix.evaluation.linear import LinearConfig
-from patchmix.data import build_dataset, eval_transform
 from patchmix.knn import weighted_knn
 
 
@@ -131,7 +131,7 @@ def test_linear_probe_outputs_resume_and_frozen_backbone(tmp_path, toy_data, pre
     assert results["headline"] == "last epoch" and results["backbone_unchanged"] is True
     assert 1 <= results["best_epoch"] <= 2 and results["best_top1"] >= results["top1"]
     lines = [json.loads(line) for line in (straight / "log.txt").read_text().splitlines()]
-    assert results["top1"] == lines[-1]["test_top1"] and results["best_top1"] == max(l["test_top1"] for l in lines)
+    assert results["top1"] == lines[-1]["test_top1"] and results["best_top1"] == max(line["test_top1"] for line in lines)
     assert "sanity check passed" in capsys.readouterr().out
     state = load(straight / "checkpoint.pth")  # weights_only: plain tensors, numbers, strings, dicts
     assert state["epoch"] == 2 and state["kind"] == "linear" and "head.1.weight" in state["model"]
@@ -233,6 +233,8 @@ def test_every_config_module_parses_and_official_presets_differ(kind, cls):
 # Several processes (torchrun, CPU / gloo)
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_two_processes_gather_the_same_features_and_train_a_probe(tmp_path, toy_data):
     import os
     import subprocess

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO_ROOT, TINY_PRETRAIN
 
 import main_pretrain
-from conftest import REPO_ROOT, TINY_PRETRAIN
 from patchmix.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.faults
 
 # 256 toy images, batch 16: 16 steps per epoch, 3 epochs. One process, one thread: bit-reproducible.
 LONGER = TINY_PRETRAIN + ["--train-subset", "256", "--epochs", "3"]
@@ -75,6 +77,7 @@ def assert_same_model(a: dict, b: dict) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.slow
 def test_sigkill_at_several_moments_then_rerun_matches_an_uninterrupted_run(tmp_path, many_images, reference):
     out = tmp_path / "killed"
     for epochs_done, delay in ((0, 0.0), (1, 0.15), (2, 0.02)):
@@ -90,6 +93,7 @@ def test_sigkill_at_several_moments_then_rerun_matches_an_uninterrupted_run(tmp_
     assert_same_model(final_model(out), reference)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_at_the_next_step_and_resumes_exactly(tmp_path, many_images, reference):
     out = tmp_path / "preempted"
     process = start(out, many_images)
@@ -114,6 +118,7 @@ SAVER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_checkpoint_file_is_never_torn_by_a_kill_during_the_write(tmp_path):
     path = tmp_path / "checkpoint.pth"
     for delay in (0.0, 0.013, 0.031, 0.057, 0.1):
@@ -174,6 +179,8 @@ def start_node(rank: int, port: int, out: Path, data: Path, *extra: str) -> subp
                             text=True, start_new_session=True)
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_two_nodes_train_in_lockstep(tmp_path, toy_data):
     import json
     port, out = free_port(), tmp_path / "two_nodes"
@@ -199,6 +206,8 @@ def children(pid: int) -> list[int]:
     return found
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_a_dead_node_makes_the_other_exit_instead_of_hanging(tmp_path, many_images):
     port, out = free_port(), tmp_path / "dead"
     extra = ["--train-subset", "256", "--epochs", "200", "--dist-timeout-minutes", "1"]
@@ -218,3 +227,79 @@ def test_a_dead_node_makes_the_other_exit_instead_of_hanging(tmp_path, many_imag
             if node.poll() is None:
                 for pid in [node.pid, *children(node.pid)]:
                     os.kill(pid, signal.SIGKILL)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The classifiers run on the same engine: the same guarantees
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    from evalkit import save_ours, tiny_pretraining_model
+    return save_ours(tiny_pretraining_model(), tmp_path_factory.mktemp("weights") / "ours.pth")
+
+
+def start_linear(out: Path, data: Path, weights: Path, *extra: str) -> subprocess.Popen:
+    from evalkit import TINY_FLAGS
+    command = [sys.executable, "main_linear.py", *TINY_FLAGS, "--data-path", str(data), "--output-dir", str(out),
+               "--pretrained-weights", str(weights), "--batch-size", "16", "--epochs", "20", "--log-freq", "1",
+               *extra]
+    return subprocess.Popen(command, cwd=REPO_ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_linear_probe_then_rerun_is_bit_identical(tmp_path, many_images, tiny_weights):
+    straight = tmp_path / "straight"
+    finish(start_linear(straight, many_images, tiny_weights))
+    out = tmp_path / "preempted"
+    process = start_linear(out, many_images, tiny_weights)
+    wait_for(lambda: log_lines(out) >= 2 or process.poll() is not None)
+    process.send_signal(signal.SIGTERM)
+    output = finish(process, timeout=60)
+    assert "Stopped (received SIGTERM)" in output and not (out / "results.json").exists()
+    stopped = load_checkpoint(out / "checkpoint.pth")
+    assert 2 <= stopped["epoch"] < 20
+    finish(start_linear(out, many_images, tiny_weights))
+    assert_same_model(load_checkpoint(out / "checkpoint.pth")["model"],
+                      load_checkpoint(straight / "checkpoint.pth")["model"])
+
+
+NAN_ON_RANK_1 = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, os.getcwd())
+    from patchmix.engine import StepOutput
+    from patchmix.evaluation import classifier
+
+    real, calls = classifier.ClassifierTask.loss, [0]
+
+    def loss(self, batch, values, timer=None):
+        out = real(self, batch, values)
+        calls[0] += 1
+        if os.environ["RANK"] == "1" and calls[0] == 3:  # the third step, on one process only
+            return StepOutput(out.loss * float("nan"), out.terms)
+        return out
+
+    classifier.ClassifierTask.loss = loss
+    import main_linear
+    sys.exit(main_linear.main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_nan_on_one_process_stops_both_at_the_same_step(tmp_path, toy_data, tiny_weights):
+    from evalkit import TINY_FLAGS
+    script = tmp_path / "nan_on_rank_1.py"
+    script.write_text(NAN_ON_RANK_1)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+               *TINY_FLAGS, "--data-path", str(toy_data), "--output-dir", str(tmp_path / "out"),
+               "--pretrained-weights", str(tiny_weights), "--batch-size", "16", "--epochs", "2"]
+    tic = time.time()
+    result = subprocess.run(command, cwd=REPO_ROOT, env=ENV, capture_output=True, text=True, timeout=180)
+    assert result.returncode != 0 and time.time() - tic < 120
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and errors[0] == errors[1], errors  # both processes, the same message
+    assert errors[0].startswith("error: non-finite loss at epoch 0, step 2 (global) on process 1 of 2: loss=nan")
+    # torchrun reports the failed workers with a traceback of its own; none comes from the workers' code
+    assert f'File "{REPO_ROOT}' not in result.stdout + result.stderr

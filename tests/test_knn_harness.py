@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import TINY_PRETRAIN
 
 import main_knn
 import main_pretrain
-from conftest import TINY_PRETRAIN
 from patchmix.data import build_dataset
 
 

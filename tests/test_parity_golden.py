@@ -19,10 +19,9 @@ import json
 import math
 from pathlib import Path
 
+import parity_ours as ours
 import pytest
 import torch
-
-import parity_ours as ours
 
 GOLDEN = Path(__file__).resolve().parent / "fixtures" / "patchmix_parity.json"
 TOL = {"loss": 1e-5, "grad": 1e-4, "param": 1e-4, "zero_grad": 1e-5}

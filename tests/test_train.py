@@ -7,9 +7,9 @@ import re
 
 import pytest
 import torch
+from conftest import TINY_PRETRAIN
 
 import main_pretrain
-from conftest import TINY_PRETRAIN
 
 
 def run(tmp_path, toy_data, name, *extra):
@@ -104,7 +104,10 @@ def test_knn_report_prints_learned_and_random(tmp_path, toy_data, capsys):
     text = capsys.readouterr().out
     assert "learned features:" in text and "random-init features:" in text
     report = json.loads((out / "knn.json").read_text())
-    assert report["test_images"] == 48 and 0 <= report["learned_top1"] <= 100
+    assert report["test_images"] == 48 and report["train_images"] == 96
+    for name, key in (("learned features:    ", "learned_top1"), ("random-init features:", "random_init_top1")):
+        assert f"{name} top-1 {report[key]:.2f}%" in text
+        assert (report[key] * 48 / 100) == pytest.approx(round(report[key] * 48 / 100))  # a count of 48 images
 
 
 @pytest.mark.parametrize("args,message", [

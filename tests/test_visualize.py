@@ -5,9 +5,8 @@ from __future__ import annotations
 import sys
 
 import torch
-from PIL import Image
-
 from conftest import REPO_ROOT
+from PIL import Image
 
 sys.path.insert(0, str(REPO_ROOT / "tools"))
 import visualize  # noqa: E402

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from evalkit import TINY, official_classifier, save_official_pretraining, save_ours, tiny_pretraining_model
 
-from evalkit import (TINY, official_classifier, save_official_pretraining, save_ours, tiny_pretraining_model)
 from patchmix import weights as W
 from patchmix.models import build_backbone
 

@@ -5,7 +5,7 @@ A recipe combines a dataset base with an architecture's learning rate::
     CONFIG = {**CIFAR, **VIT_TINY, "dataset": "cifar10", "pretrained_weights": "cifar10-vit-tiny-pretrain"}
     OFFICIAL = dict(CIFAR_OFFICIAL)
 
-Everything else keeps the defaults of ``patchmix.config.FinetuneConfig``, which are the official values:
+Everything else keeps the defaults of ``patchmix.evaluation.finetune.FinetuneConfig``, which are the official values:
 AdamW, weight decay 0.05, layer-wise lr decay 0.75, drop path 0.1, 100 epochs with 10 of warm-up from 1e-6,
 cosine to 1e-5, RandAugment rand-m9-mstd0.5-inc1, RandomErasing 0.25, Mixup 0.8 / CutMix 1.0 (switch 0.5),
 label smoothing 0.1. The official code reports the best epoch; results.json has the last (headline) and best.

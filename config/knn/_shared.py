@@ -5,7 +5,7 @@ A recipe combines a dataset base with the released weights it evaluates::
     CONFIG = {**CIFAR, "dataset": "cifar10", "pretrained_weights": "cifar10-vit-tiny-pretrain"}
     OFFICIAL = dict(CIFAR_OFFICIAL)
 
-Everything else keeps the defaults of ``patchmix.config.KnnConfig``: CLS token of the momentum encoder,
+Everything else keeps the defaults of ``patchmix.evaluation.knn.KnnConfig``: CLS token of the momentum encoder,
 T = 0.07, k in (10, 20, 100, 200) with k = 20 as the headline. The official code's random 1000-d head on the
 CLS token (a bug, spec 7.8) is not reproduced by any preset.
 """

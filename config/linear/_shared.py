@@ -5,7 +5,7 @@ A recipe combines a dataset base with an architecture's learning rate::
     CONFIG = {**CIFAR, **VIT_TINY, "dataset": "cifar10", "pretrained_weights": "cifar10-vit-tiny-pretrain"}
     OFFICIAL = dict(CIFAR_OFFICIAL)
 
-Everything else keeps the defaults of ``patchmix.config.LinearConfig``, which are the official values: frozen
+Everything else keeps the defaults of ``patchmix.evaluation.linear.LinearConfig``, which are the official values: frozen
 backbone (CLS token of the momentum encoder), a plain linear classifier (no BatchNorm), SGD with Nesterov
 momentum 0.9 and no weight decay, cosine to 0 over 100 epochs without warm-up, RandomResizedCrop(0.08-1,
 bicubic) + flip. The official code reports the best epoch (chosen on the test set); results.json has both the

@@ -18,7 +18,6 @@ from patchmix.data import IMAGENET_MEAN, IMAGENET_STD
 from patchmix.models import ARCHS
 from patchmix.weights.layout import LoadedWeights
 
-
 _TIMM_DEFAULT_HEADS = {"vit_tiny": 3, "vit_small": 6, "vit_base": 12}
 
 

@@ -71,6 +71,7 @@ for _path in (REPO_ROOT, REPO_ROOT / "tests"):
         sys.path.insert(0, str(_path))
 
 import parity_ours as ours  # noqa: E402
+
 import patchmix.mix  # noqa: E402
 
 # Normalised errors (see compare_case()). Measured fp32 rounding: up to 8e-7 on losses, 1.5e-5 on gradients
