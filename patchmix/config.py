@@ -139,9 +139,9 @@ class TrainConfig(RunConfig):
                       run_only=True)
     allow_config_change: bool = RUN(False, "resume even if the saved config.json differs from this one",
                                     run_only=True)
-    stop_after_steps: int = RUN(0, "stop after this many steps of this invocation, saving a checkpoint as a "
-                                "pre-emption would (0 = run to the end); re-run the command to continue",
-                                run_only=True, at_least=0)
+    stop_after_steps: int = RUN(0, "stop after this many optimiser steps of this invocation (at the end of the "
+                                "loaded batch that reaches them), saving a checkpoint as a pre-emption would (0 = "
+                                "run to the end); re-run the command to continue", run_only=True, at_least=0)
     log_freq: int = RUN(10, "write TensorBoard scalars every N steps", run_only=True, at_least=1)
 
     epochs: int = OPTIM(100, "training epochs", at_least=1)

@@ -95,6 +95,11 @@ class TrainTask(ABC):
     def train_mode(self) -> None:
         self.model.train()
 
+    def substeps(self, batch: Any) -> list[Any]:
+        """The optimiser steps one loaded batch makes (default: one). APS, for instance, takes one step per
+        disjoint sampling of the same images. ``LoopSettings.steps_per_batch`` must equal the length."""
+        return [batch]
+
     def before_step(self, values: StepValues) -> None:
         """Before the forward pass (an EMA teacher is updated here, as in MoCo v3)."""
 
@@ -225,9 +230,9 @@ class StopFlag:
         self.requested = True
         self.reason = f"received {signal.Signals(signum).name}"
 
-    def step_done(self) -> bool:
-        """Count a step; return True when every process should stop now."""
-        self.steps += 1
+    def step_done(self, steps: int = 1) -> bool:
+        """Count ``steps`` optimiser steps; return True when every process should stop now."""
+        self.steps += steps
         stop = self.requested or (self.max_steps > 0 and self.steps >= self.max_steps)
         if stop and not self.reason:
             self.reason = f"stop_after_steps={self.max_steps} reached"
@@ -246,7 +251,7 @@ class LoopSettings:
     """How the engine runs a task (from the config of the script)."""
 
     epochs: int
-    steps_per_epoch: int
+    steps_per_epoch: int  # optimiser steps: loaded batches x steps_per_batch
     batch_per_process: int
     log_freq: int = 10
     clip_grad: float = 0.0
@@ -254,6 +259,7 @@ class LoopSettings:
     stop_after_steps: int = 0
     save_freq: int | None = None  # keep checkpoint_EEEE.pth every N epochs and at the end (None: never)
     name: str = "train"  # progress bar label
+    steps_per_batch: int = 1  # optimiser steps per loaded batch (TrainTask.substeps)
 
 
 @dataclass(frozen=True)
@@ -361,7 +367,7 @@ class Trainer:
                 for epoch in range(start.epoch, s.epochs):
                     first = start.step_in_epoch if epoch == start.epoch else 0
                     self.sampler.set_epoch(epoch)
-                    self.sampler.set_start(first * s.batch_per_process)
+                    self.sampler.set_start(first // s.steps_per_batch * s.batch_per_process)
                     tic = time.time()
                     metrics, steps_done = self._epoch(epoch, first, stop, log)
                     if steps_done < s.steps_per_epoch:  # stopped mid-epoch: save the exact position
@@ -395,16 +401,18 @@ class Trainer:
         values = None
         self.task.train_mode()
         for batch in self.loader:
-            step = epoch * s.steps_per_epoch + steps_done
-            values, scalars = train_step(self.task, self.scaler, batch, step, self.env.device, s.autocast,
-                                         s.clip_grad, where=f"epoch {epoch}, step {step} (global)")
-            meter.update(scalars)
-            steps_done += 1
+            parts = self.task.substeps(_to_device(batch, self.env.device))
+            for part in parts:
+                step = epoch * s.steps_per_epoch + steps_done
+                values, scalars = train_step(self.task, self.scaler, part, step, self.env.device, s.autocast,
+                                             s.clip_grad, where=f"epoch {epoch}, step {step} (global)")
+                meter.update(scalars)
+                steps_done += 1
+                if (step + 1) % s.log_freq == 0:
+                    log.scalars(step + 1, {**scalars, **asdict(values)})
+                log.advance(loss=f"{scalars['loss']:.4f}", lr=f"{values.lr:.2e}")
             images += s.batch_per_process * self.env.world_size
-            if (step + 1) % s.log_freq == 0:
-                log.scalars(step + 1, {**scalars, **asdict(values)})
-            log.advance(loss=f"{scalars['loss']:.4f}", lr=f"{values.lr:.2e}")
-            if stop.step_done() or steps_done >= s.steps_per_epoch:
+            if stop.step_done(len(parts)) or steps_done >= s.steps_per_epoch:  # between loaded batches only
                 break
         metrics = meter.averages(self.env.device)
         metrics.update(lr=values.lr if values is not None else 0.0,

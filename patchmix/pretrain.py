@@ -46,6 +46,10 @@ class PretrainTask(TrainTask):
                 group["weight_decay"] = values.weight_decay
         return values
 
+    def substeps(self, batch: Any) -> list[Any]:
+        views, labels = batch
+        return [(part, labels) for part in self.model.substeps(views)]
+
     def before_step(self, values: StepValues) -> None:
         self.model.update_teacher(values)
 
@@ -71,7 +75,8 @@ def run_pretraining(cfg: PretrainConfig, env: DistInfo) -> dict[str, Any]:
     dataset = fixed_subset(build_dataset(cfg.dataset, cfg.data_path, train=True), cfg.train_subset)
     loader, sampler = resumable_loader(dataset, method_cls.train_transform(cfg), cfg.seed, batch, env.rank,
                                        env.world_size, cfg.num_workers, env.device.type == "cuda")
-    steps_per_epoch = len(sampler) // batch
+    steps_per_batch = method_cls.steps_per_batch(cfg)
+    steps_per_epoch = len(sampler) // batch * steps_per_batch
     if steps_per_epoch == 0:
         raise ConfigError(f"the training set gives each process {len(sampler)} images, fewer than one batch of "
                           f"{batch}; lower --batch-size or use more data.")
@@ -82,7 +87,7 @@ def run_pretraining(cfg: PretrainConfig, env: DistInfo) -> dict[str, Any]:
     task = PretrainTask(method, trained, cfg, steps_per_epoch)
     dtype = amp_dtype(cfg.amp, env.device)
     settings = LoopSettings(cfg.epochs, steps_per_epoch, batch, cfg.log_freq, cfg.clip_grad, dtype,
-                            cfg.stop_after_steps, cfg.save_freq, name="pretrain")
+                            cfg.stop_after_steps, cfg.save_freq, name="pretrain", steps_per_batch=steps_per_batch)
     trainer = Trainer(task, loader, sampler, settings, env, output_dir,
                       {"backbone": method.backbone_kwargs(cfg), "method": cfg.method, "config": config_to_dict(cfg)})
     start = trainer.restore(resume_path) if resume_path else Position()

@@ -111,6 +111,15 @@ class PretrainMethod(nn.Module, ABC):
         return {"arch": cfg.arch, "img_size": cfg.img_size, "patch_size": cfg.patch_size,
                 "embed_dim": spec.embed_dim, "depth": spec.depth, "num_heads": spec.num_heads}
 
+    @classmethod
+    def steps_per_batch(cls, cfg: Any) -> int:
+        """Optimiser steps per loaded batch (the length of :meth:`substeps`)."""
+        return 1
+
+    def substeps(self, views: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+        """The views of each optimiser step one loaded batch makes (default: one step on all of them)."""
+        return [views]
+
     def update_teacher(self, values: StepValues) -> None:
         """Before the forward pass of a step: move an EMA teacher / momentum encoder (default: none)."""
 
