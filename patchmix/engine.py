@@ -106,8 +106,8 @@ class TrainTask(ABC):
     def after_backward(self, values: StepValues) -> None:
         """After the backward pass, before clipping and the optimiser step (e.g. cancel some gradients)."""
 
-    def after_step(self, step: int) -> None:
-        """After the optimiser step of global step ``step`` (e.g. a model EMA)."""
+    def after_step(self, step: int, values: StepValues) -> None:
+        """After the optimiser step of global step ``step`` (e.g. a model EMA, a running center)."""
 
     def end_epoch(self, epoch: int, record: dict[str, Any]) -> None:
         """After epoch ``epoch`` (0-based) was trained, before its checkpoint: evaluate, add entries to
@@ -131,6 +131,11 @@ class TrainTask(ABC):
 
     def clip_parameters(self) -> list[torch.nn.Parameter]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def clip_gradients(self, max_norm: float) -> float:
+        """Clip the (unscaled) gradients for ``--clip-grad``; return the norm before clipping, which is logged.
+        Default: the global norm over :meth:`clip_parameters` (DINO, for one, clips every tensor on its own)."""
+        return torch.nn.utils.clip_grad_norm_(self.clip_parameters(), max_norm).item()
 
 
 class NonFiniteLossError(RuntimeError):
@@ -198,10 +203,10 @@ def train_step(task: TrainTask, scaler: torch.amp.GradScaler, batch: Any, step: 
     with timer("optimizer"):
         if clip_grad > 0:
             scaler.unscale_(task.optimizer)
-            scalars["grad_norm"] = torch.nn.utils.clip_grad_norm_(task.clip_parameters(), clip_grad).item()
+            scalars["grad_norm"] = task.clip_gradients(clip_grad)
         scaler.step(task.optimizer)
         scaler.update()
-        task.after_step(step)
+        task.after_step(step, values)
     return values, scalars
 
 

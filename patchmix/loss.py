@@ -29,7 +29,7 @@ from timm.loss import SoftTargetCrossEntropy
 from patchmix.distributed import concat_all_gather, get_rank, get_world_size
 from patchmix.mix import place_targets
 
-__all__ = ["contrastive_loss", "PatchMixLoss", "LossWeights", "Encodings", "Needed", "needed_encodings"]
+__all__ = ["contrastive_loss", "info_nce", "PatchMixLoss", "LossWeights", "Encodings", "Needed", "needed_encodings"]
 
 _soft_cross_entropy = SoftTargetCrossEntropy()
 
@@ -55,6 +55,23 @@ class LossWeights:
     m2m: float = 0.5
     local_o2o: float = 1.0
     local_m2o: float = 1.0
+
+
+def info_nce(query: torch.Tensor, keys: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """InfoNCE of ``(N, D)`` queries against the keys of ALL processes, with hard labels (APS, MoCo v3).
+
+    The keys are L2-normalised, gathered without gradient (the caller detaches them: stop-gradient), and query
+    ``i`` of process ``r`` has key ``r * N + i`` as its positive. Returns the cross-entropy of the logits ``q . k /
+    T`` and the mean cosine similarity of the positive pairs (APS logs it). Float32 whatever the autocast dtype.
+    """
+    with torch.autocast(query.device.type, enabled=False):
+        query = F.normalize(query.float(), dim=1)
+        keys = concat_all_gather(F.normalize(keys.float(), dim=1))
+        similarity = query @ keys.t()
+        labels = torch.arange(query.shape[0], device=query.device) + get_rank() * query.shape[0]
+        loss = F.cross_entropy(similarity / temperature, labels)
+        positive = similarity.gather(1, labels[:, None]).mean()
+    return loss, positive.detach()
 
 
 @dataclass

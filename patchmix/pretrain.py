@@ -53,6 +53,15 @@ class PretrainTask(TrainTask):
     def before_step(self, values: StepValues) -> None:
         self.model.update_teacher(values)
 
+    def after_backward(self, values: StepValues) -> None:
+        self.model.after_backward(values)
+
+    def after_step(self, step: int, values: StepValues) -> None:
+        self.model.after_step(values)
+
+    def clip_gradients(self, max_norm: float) -> float:
+        return self.model.clip_gradients(max_norm)
+
     def loss(self, batch: Any, values: StepValues, timer: Timer = no_timer) -> StepOutput:
         views, _labels = batch
         return self.trained(views, values, timer=timer)

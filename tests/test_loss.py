@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from patchmix.loss import Encodings, LossWeights, PatchMixLoss, contrastive_loss
+from patchmix.loss import Encodings, LossWeights, PatchMixLoss, contrastive_loss, info_nce
 from patchmix.mix import patch_mix
 
 
@@ -109,3 +109,14 @@ def test_local_crop_terms_average_over_crops_and_both_keys():
                        for k in ("k1", "k2")) / crops
     assert terms["local_o2o"].item() == pytest.approx(expected_o2o, rel=1e-5)
     assert terms["local_m2o"].item() == pytest.approx(expected_m2o, rel=1e-5)
+
+
+def test_info_nce_is_hard_label_cross_entropy_and_reports_the_positive_similarity():
+    torch.manual_seed(0)
+    query, keys = torch.randn(6, 5, requires_grad=True), torch.randn(6, 5)
+    loss, similarity = info_nce(query, keys, 0.1)
+    assert loss.item() == pytest.approx(direct_loss(query.detach(), keys, torch.eye(6), 0.1), rel=1e-5)
+    cosines = torch.nn.functional.cosine_similarity(query.detach(), keys, dim=1)
+    assert similarity.item() == pytest.approx(cosines.mean().item(), rel=1e-5)
+    loss.backward()
+    assert query.grad is not None and not similarity.requires_grad

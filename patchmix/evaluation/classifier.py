@@ -118,7 +118,7 @@ class ClassifierTask(TrainTask):
         with torch.autocast(logits.device.type, enabled=False):
             return StepOutput(self.criterion(logits.float(), targets), {})
 
-    def after_step(self, step: int) -> None:
+    def after_step(self, step: int, values: StepValues) -> None:
         if self.ema is not None:
             self.ema.update(self.model, step=step + 1)
 

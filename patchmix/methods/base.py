@@ -123,6 +123,17 @@ class PretrainMethod(nn.Module, ABC):
     def update_teacher(self, values: StepValues) -> None:
         """Before the forward pass of a step: move an EMA teacher / momentum encoder (default: none)."""
 
+    def after_backward(self, values: StepValues) -> None:
+        """After the backward pass, before clipping and the optimiser step (e.g. cancel a frozen layer's
+        gradients; default: nothing)."""
+
+    def after_step(self, values: StepValues) -> None:
+        """After the optimiser step (e.g. update a running center; default: nothing)."""
+
+    def clip_gradients(self, max_norm: float) -> float:
+        """``--clip-grad``: clip the gradients, return the norm before clipping (default: the global norm)."""
+        return torch.nn.utils.clip_grad_norm_([p for p in self.parameters() if p.requires_grad], max_norm).item()
+
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """AdamW groups: decay on every trainable tensor of >= 2 dims that is not a bias (this includes a ViT's
         cls_token and pos_embed, as in MoCo v3 and the official PatchMix code), none on biases and norms.
