@@ -26,11 +26,14 @@ Wherever a script asks for weights (``--pretrained-weights``) it accepts
   ``.safetensors``); the official pretraining files (``{"state_dict": {base_encoder.*, momentum_encoder.*,
   predictor.*}, ...}``, with or without the DDP ``module.`` prefix, and ``last.pth = {"state_dict"}``); the
   official linear / fine-tuning files (``{"epoch", "arch", "state_dict", "acc_best", ...}`` and ``best.pth``,
-  which is a whole pickled ``nn.Module``);
+  which is a whole pickled ``nn.Module``); the official APS files (pretraining: the raw state dict
+  ``{base_encoder.{cls_token, pos_embedding, patchify, transformer.N, layer_norm, fc}, predictor.*}``;
+  fine-tuning: a pickled ``Vit`` module), mapped to timm's names and built with APS's ViT options;
 * a URL (downloaded once by torch.hub into ``$TORCH_HOME/hub/checkpoints``; Hugging Face URLs, including the
   README's ``/blob/main/`` links, go through the Hugging Face cache instead);
 * the name of a released file, e.g. ``cifar10-vit-tiny-pretrain`` (``python -m patchmix.weights list``),
-  downloaded with ``huggingface_hub`` (cached, resumable), or found in ``--weights-dir`` when downloaded by hand.
+  downloaded with ``huggingface_hub`` (cached, resumable), or found in ``--weights-dir`` when downloaded by hand
+  (the only way for the APS entries, whose hub paths are not published).
 
 :func:`load_weights` returns a plain timm backbone state dict (no head, no prefix) plus the ``build_backbone``
 arguments it needs and a description of what was found; :func:`build_model` turns that into a ready

@@ -2,7 +2,9 @@
 
 Writes the backbone as ``.pth`` (with a SHA-256 suffix torch.hub checks) and ``.safetensors`` plus a JSON record
 holding the ``timm.create_model`` call that rebuilds it; timm's own ViT sizes differ from PatchMix's (ViT-S:
-6 heads vs 12), so :func:`timm_model_name` works out the arguments that are needed.
+6 heads vs 12), so :func:`timm_model_name` works out the arguments that are needed. APS's ViT has LayerNorms of
+eps 1e-5, which timm's keyword arguments cannot name as a string: it is exported as timm's CLIP ViT definition
+(whose norm has that eps) with ``pre_norm=False``, plus ``qkv_bias=False, no_embed_class=True``.
 """
 
 from __future__ import annotations
@@ -19,28 +21,56 @@ from patchmix.models import ARCHS
 from patchmix.weights.layout import LoadedWeights
 
 _TIMM_DEFAULT_HEADS = {"vit_tiny": 3, "vit_small": 6, "vit_base": 12}
+# timm's CLIP ViT-B/16 image tower: LayerNorm eps 1e-5 (the others 1e-6), pre-norm and qkv bias switched on.
+_CLIP_NAME, _CLIP_SIZES = "vit_base_patch16_clip_224", (768, 12, 12)
 
 
 def timm_model_name(backbone: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """A timm model name and the keyword arguments that make it this backbone (as few as needed).
 
     timm's ViT-S has 6 heads, PatchMix's 12: for vit_small, ``num_heads=12`` is always among the arguments.
+    A backbone with LayerNorm eps 1e-5 (APS) is timm's CLIP ViT-B/16 definition with ``pre_norm=False`` and
+    its sizes; any other eps than 1e-6 and 1e-5 cannot be named (``norm_layer`` needs a Python object): see
+    :func:`timm_usage`.
     """
-    arch = backbone["arch"] if backbone["arch"] in ARCHS else "vit_tiny"
-    name = f"{arch}_patch16_224"
-    spec = ARCHS[arch]
+    eps = backbone.get("norm_eps", 1e-6)
     kwargs: dict[str, Any] = {}
-    if backbone["embed_dim"] != spec.embed_dim:
+    if eps == 1e-5:
+        name = _CLIP_NAME
+        dim, depth, heads = _CLIP_SIZES
+        kwargs["pre_norm"] = False
+    else:
+        arch = backbone["arch"] if backbone["arch"] in ARCHS else "vit_tiny"
+        name = f"{arch}_patch16_224"
+        dim, depth, heads = ARCHS[arch].embed_dim, ARCHS[arch].depth, _TIMM_DEFAULT_HEADS[arch]
+    if backbone["embed_dim"] != dim:
         kwargs["embed_dim"] = backbone["embed_dim"]
-    if backbone["depth"] != spec.depth:
+    if backbone["depth"] != depth:
         kwargs["depth"] = backbone["depth"]
-    if backbone["num_heads"] != _TIMM_DEFAULT_HEADS[arch]:
+    if backbone["num_heads"] != heads:
         kwargs["num_heads"] = backbone["num_heads"]
     if backbone["patch_size"] != 16:
         kwargs["patch_size"] = backbone["patch_size"]
     if backbone["img_size"] != 224:
         kwargs["img_size"] = backbone["img_size"]
+    if not backbone.get("qkv_bias", True):
+        kwargs["qkv_bias"] = False
+    if not backbone.get("pos_embed_cls", True):
+        kwargs["no_embed_class"] = True
     return name, kwargs
+
+
+def timm_usage(backbone: dict[str, Any], file: str) -> str:
+    """The ``timm.create_model(...)`` call (Python source) that builds ``backbone`` and loads ``file``."""
+    name, kwargs = timm_model_name(backbone)
+    call_kwargs = "".join(f", {k}={v!r}" for k, v in kwargs.items())
+    eps = backbone.get("norm_eps", 1e-6)
+    if eps not in (1e-6, 1e-5):
+        call_kwargs += f", norm_layer=functools.partial(torch.nn.LayerNorm, eps={eps!r})"
+    size = backbone["img_size"]
+    return (f"timm.create_model({name!r}, pretrained=True, num_classes=0{call_kwargs}, "
+            f"pretrained_cfg_overlay=dict(file={file!r}, mean={IMAGENET_MEAN}, std={IMAGENET_STD}, "
+            f"input_size=(3, {size}, {size})))")
 
 
 def _sha256(path: Path) -> str:
@@ -62,7 +92,8 @@ def export_backbone(loaded: LoadedWeights, out_dir: str | os.PathLike, name: str
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     b = loaded.backbone
-    name = name or f"patchmix_{b['arch'] if b['arch'] in ARCHS else 'vit'}_p{b['patch_size']}_{b['img_size']}"
+    prefix = loaded.method if loaded.method in ("patchmix", "aps") else "patchmix"
+    name = name or f"{prefix}_{b['arch'] if b['arch'] in ARCHS else 'vit'}_p{b['patch_size']}_{b['img_size']}"
     tensors = {k: v.detach().contiguous().clone() for k, v in loaded.state_dict.items()}
     tmp = save_checkpoint(tensors, out / f".{name}.pth.partial")
     digest = _sha256(tmp)
@@ -74,13 +105,10 @@ def export_backbone(loaded: LoadedWeights, out_dir: str | os.PathLike, name: str
     os.chmod(st_tmp, pth.stat().st_mode & 0o777)  # same permissions as the .pth (safetensors writes 0600)
     os.replace(st_tmp, st)
     timm_name, timm_kwargs = timm_model_name(b)
-    call_kwargs = "".join(f", {k}={v!r}" for k, v in timm_kwargs.items())
     record = {"backbone": b, "source": loaded.source, "format": loaded.kind, "encoder": loaded.encoder,
               "files": {"pth": pth.name, "safetensors": st.name}, "sha256": digest,
               "timm_model": timm_name, "timm_kwargs": timm_kwargs, "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
               "feature": "CLS token after the final LayerNorm (num_classes=0)",
-              "usage": (f"timm.create_model({timm_name!r}, pretrained=True, num_classes=0{call_kwargs}, "
-                        f"pretrained_cfg_overlay=dict(file={str(pth)!r}, mean={IMAGENET_MEAN}, "
-                        f"std={IMAGENET_STD}, input_size=(3, {b['img_size']}, {b['img_size']})))")}
+              "usage": timm_usage(b, str(pth))}
     (out / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
     return record

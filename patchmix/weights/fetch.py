@@ -80,7 +80,8 @@ def resolve_weights(source: str, weights_dir: str | os.PathLike | None = None,
     """The local file behind ``source`` (path, URL or registry name), downloading it if needed.
 
     Registry names are first looked for in ``weights_dir`` (default :func:`default_weights_dir`), under their
-    hub path or just their file name, so a copy downloaded by hand is used offline.
+    hub path or just their file name, so a copy downloaded by hand is used offline. Entries whose hub path was
+    not published (APS) are only looked for there, as ``<method>/<name>.pth`` or ``<name>.pth``.
     """
     if not source:
         raise WeightsError("no weights given: pass --pretrained-weights with a checkpoint path, a URL or a "
@@ -88,10 +89,18 @@ def resolve_weights(source: str, weights_dir: str | os.PathLike | None = None,
     if source in RELEASED:
         entry = RELEASED[source]
         base = Path(weights_dir) if weights_dir else default_weights_dir()
-        candidates = (base / entry.path, base / Path(entry.path).name)
+        candidates = tuple(base / local for local in entry.local_paths)
         for candidate in candidates:
             if candidate.is_file():
                 return candidate, entry
+        if not entry.published:
+            raise WeightsError(
+                f"the released weights {entry.name!r} ({entry.method.upper()} {entry.protocol} file, "
+                f"{entry.arch}/{entry.patch_size} on {entry.dataset}, {entry.epochs} epochs) are not at "
+                f"{candidates[0].absolute()} (or {candidates[1].absolute()}). The authors' README names no file "
+                f"in their Hugging Face repository, so they cannot be downloaded by name: download the file by "
+                f"hand from {entry.url} and put it at {candidates[0].absolute()} (--weights-dir or "
+                f"$PATCHMIX_WEIGHTS_DIR), or pass its path or URL to --pretrained-weights.")
         return _hub_download(entry.repo_id, entry.path, entry.revision, cache_dir,
                              f"the released weights {entry.name!r} (file {entry.path})", *candidates), entry
     if source.startswith(("http://", "https://", "file://")):

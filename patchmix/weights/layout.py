@@ -1,9 +1,9 @@
 """From the content of a weights file to a plain timm backbone state dict and the ViT to build for it.
 
-Finds the state dict in any supported checkpoint layout, strips the DDP / torch.compile prefixes, picks the
-encoder of a pretraining file, splits off a classifier head, infers the ViT's sizes from the tensor shapes and
-checks that the tensors fit the ViT asked for. :func:`load_weights` does all of it, from a path, URL or released
-name, and returns a :class:`LoadedWeights`.
+Finds the state dict in any supported checkpoint layout, strips the DDP / torch.compile prefixes, maps the
+official APS ViT's names to timm's, picks the encoder of a pretraining file, splits off a classifier head,
+infers the ViT's sizes from the tensor shapes and checks that the tensors fit the ViT asked for.
+:func:`load_weights` does all of it, from a path, URL or released name, and returns a :class:`LoadedWeights`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from patchmix.models import ARCHS, build_backbone
 from patchmix.weights.errors import WeightsError, WeightsMismatchError
 from patchmix.weights.fetch import resolve_weights
-from patchmix.weights.registry import ReleasedWeights
+from patchmix.weights.registry import METHOD_BACKBONE_OPTIONS, METHOD_HEADS, ReleasedWeights
 from patchmix.weights.unpickle import read_weights_file
 
 
@@ -61,11 +61,52 @@ def _strip_wrappers(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return out
 
 
+# build_backbone's options besides the sizes, with their defaults (PatchMix's ViT). A backbone dict holds an
+# option only when it differs from its default, so PatchMix's dicts keep their six keys.
+BACKBONE_OPTION_DEFAULTS: dict[str, Any] = {"qkv_bias": True, "norm_eps": 1e-6, "pos_embed_cls": True}
+
+
+def _aps_to_timm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """The official APS ViT's tensors under timm's names, or None if ``sd`` is not in APS's layout.
+
+    APS's ViT (``module/model.py``: ``ViTEncoderProjHead`` in pretraining files, under ``base_encoder.``;
+    ``Vit`` in fine-tuned files, no prefix) names its parts ``patchify`` (the patch Conv2d), ``pos_embedding``
+    (T x 1 x D: one row per patch token, none for CLS), ``transformer.N`` (timm Blocks), ``layer_norm`` and
+    ``fc`` (projector or classifier). They become ``patch_embed.proj``, ``pos_embed`` (1 x T x D), ``blocks.N``,
+    ``norm`` and ``head``; ``cls_token`` keeps its name and other tensors (``predictor.*``) are kept as they are.
+    """
+    prefixes = {k[: -len("pos_embedding")] for k in sd if k.endswith("pos_embedding")}
+    prefixes = {p for p in prefixes if f"{p}patchify.weight" in sd and f"{p}cls_token" in sd}
+    if not prefixes:
+        return None
+    renames = (("patchify.", "patch_embed.proj."), ("transformer.", "blocks."), ("layer_norm.", "norm."),
+               ("fc.", "head."))
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        prefix = next((p for p in prefixes if key.startswith(p)), None)
+        if prefix is not None:
+            rest = key[len(prefix):]
+            if rest == "pos_embedding":
+                if value.ndim != 3 or value.shape[1] != 1:
+                    raise WeightsError(f"{key} has shape {list(value.shape)}; APS's position table is "
+                                       f"(tokens, 1, dim).")
+                key, value = prefix + "pos_embed", value.transpose(0, 1)
+            else:
+                for old, new in renames:
+                    if rest.startswith(old):
+                        key = prefix + new + rest[len(old):]
+                        break
+        out[key] = value
+    return out
+
+
 def infer_backbone(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Sizes of a timm ViT read off its tensors: width, depth, patch size, image size (square), MLP ratio.
+    """Sizes of a timm ViT read off its tensors: width, depth, patch size, image size (square), MLP ratio,
+    whether the attention has a qkv bias, whether the position table has a row for the CLS token.
 
     ``arch`` is the named size with that width and depth, or None. The number of attention heads cannot be
-    read off the shapes (qkv is one D x 3D matrix whatever the split), so it is not returned.
+    read off the shapes (qkv is one D x 3D matrix whatever the split), so it is not returned; nor can the
+    LayerNorm epsilon.
     """
     try:
         proj = state_dict["patch_embed.proj.weight"]
@@ -75,13 +116,29 @@ def infer_backbone(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
     embed_dim, patch = int(proj.shape[0]), int(proj.shape[-1])
     blocks = {int(k.split(".")[1]) for k in state_dict if k.startswith("blocks.")}
     depth = max(blocks) + 1 if blocks else 0
-    tokens = int(pos.shape[1]) - (1 if "cls_token" in state_dict else 0)
+    rows = int(pos.shape[1])
+    tokens, pos_embed_cls = rows - (1 if "cls_token" in state_dict else 0), True
+    if tokens != rows and math.isqrt(tokens) ** 2 != tokens and math.isqrt(rows) ** 2 == rows:
+        tokens, pos_embed_cls = rows, False  # a square grid of patch positions, none for the CLS token (APS)
     grid = math.isqrt(tokens)
     fc1 = state_dict.get("blocks.0.mlp.fc1.weight")
     arch = next((name for name, spec in ARCHS.items() if (spec.embed_dim, spec.depth) == (embed_dim, depth)), None)
     return {"arch": arch, "embed_dim": embed_dim, "depth": depth, "patch_size": patch,
             "img_size": grid * patch if grid * grid == tokens else None,
-            "mlp_ratio": float(fc1.shape[0]) / embed_dim if fc1 is not None else None}
+            "mlp_ratio": float(fc1.shape[0]) / embed_dim if fc1 is not None else None,
+            "qkv_bias": "blocks.0.attn.qkv.bias" in state_dict or "blocks.0.attn.qkv.weight" not in state_dict,
+            "pos_embed_cls": pos_embed_cls}
+
+
+def _describe_options(kwargs: dict[str, Any]) -> str:
+    parts = []
+    if not kwargs.get("qkv_bias", True):
+        parts.append("no qkv bias")
+    if kwargs.get("norm_eps", 1e-6) != 1e-6:
+        parts.append(f"LayerNorm eps {kwargs['norm_eps']:g}")
+    if not kwargs.get("pos_embed_cls", True):
+        parts.append("no CLS position")
+    return "; " + ", ".join(parts) if parts else ""
 
 
 def _describe_backbone(kwargs: dict[str, Any], heads: str | None = None) -> str:
@@ -90,7 +147,8 @@ def _describe_backbone(kwargs: dict[str, Any], heads: str | None = None) -> str:
     name = arch if named else "a custom ViT"
     img = f" at {kwargs['img_size']} px" if kwargs.get("img_size") else ""
     heads = heads if heads is not None else f"{kwargs['num_heads']} heads"
-    return f"{name}/{kwargs['patch_size']}{img} ({kwargs['embed_dim']}-d, {kwargs['depth']} blocks, {heads})"
+    return (f"{name}/{kwargs['patch_size']}{img} ({kwargs['embed_dim']}-d, {kwargs['depth']} blocks, {heads}"
+            f"{_describe_options(kwargs)})")
 
 
 @dataclass
@@ -98,7 +156,8 @@ class LoadedWeights:
     """What :func:`load_weights` found: a timm backbone state dict and how to build the model for it."""
 
     state_dict: dict[str, torch.Tensor]     # timm VisionTransformer keys, no head, no prefix
-    backbone: dict[str, Any]                # build_backbone(**backbone): arch, img_size, patch_size, sizes
+    backbone: dict[str, Any]                # build_backbone(**backbone): arch, img_size, patch_size, sizes, and
+                                            # qkv_bias / norm_eps / pos_embed_cls where not the defaults
     head: dict[str, torch.Tensor]           # classifier tensors of linear / fine-tune files ("head.weight", ...)
     path: Path
     source: str
@@ -108,6 +167,7 @@ class LoadedWeights:
     heads_guessed: bool = False             # num_heads is the architecture's official value, not from the file
     notes: list[str] = field(default_factory=list)
     checkpoint: dict[str, Any] = field(default_factory=dict)  # the file's non-tensor entries (epoch, config ...)
+    method: str = ""                        # the method that trained it, where known: patchmix / aps
 
     @property
     def num_classes(self) -> int:
@@ -122,37 +182,45 @@ class LoadedWeights:
         if self.num_classes:
             lines.append(f"  classifier head: {self.num_classes} classes")
         if self.released is not None:
-            lines.append(f"  released: {self.released.name}, paper {self.released.metric} top-1 "
+            lines.append(f"  released: {self.released.name}, reported {self.released.metric} top-1 "
                          f"{self.released.top1:.1f}")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
     def summary(self) -> dict[str, Any]:
         """A JSON-able record for results.json / checkpoints."""
-        return {"source": self.source, "path": str(self.path), "format": self.kind, "encoder": self.encoder,
-                "backbone": dict(self.backbone), "num_classes": self.num_classes,
+        return {"source": self.source, "path": str(self.path), "format": self.kind, "method": self.method,
+                "encoder": self.encoder, "backbone": dict(self.backbone), "num_classes": self.num_classes,
                 "released": self.released.name if self.released else None, "heads_guessed": self.heads_guessed,
                 "notes": list(self.notes)}
 
 
-def _split_layout(sd: dict[str, torch.Tensor], encoder: str, path: Path, ours: bool,
-                  notes: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], str, str]:
-    """(backbone, head, encoder used, format) of a state dict of any supported layout."""
+def _split_layout(sd: dict[str, torch.Tensor], encoder: str, path: Path, ours: bool, notes: list[str],
+                  aps: bool = False, label: str = "PatchMix"
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], str, str]:
+    """(backbone, head, encoder used, format) of a state dict of any supported layout (APS's: already under
+    timm's names, ``aps`` set)."""
     prefixes = sorted({k[: -len("cls_token")] for k in sd if k.endswith("cls_token")})
     encoders = [p[:-1] for p in prefixes if p in ("base_encoder.", "momentum_encoder.")]
     if encoders:
         chosen = encoder or "momentum_encoder"
         if chosen not in encoders:
-            if chosen == "momentum_encoder" and "base_encoder" in encoders:
+            if aps and chosen == "momentum_encoder" and "base_encoder" in encoders:
+                chosen = "base_encoder"  # APS trains without a momentum encoder
+            elif chosen == "momentum_encoder" and "base_encoder" in encoders:
                 notes.append("the checkpoint has no momentum encoder (trained with use_momentum=False, like the "
                              "official ViT-T recipe): using base_encoder")
                 chosen = "base_encoder"
             else:
                 raise WeightsError(f"{path} has no {chosen} (it has {', '.join(encoders)}); set --encoder.")
         prefix = chosen + "."
-        fmt = "PatchMix pretraining checkpoint (this code)" if ours else "official PatchMix pretraining checkpoint"
+        fmt = (f"{label} pretraining checkpoint (this code)" if ours else
+               "official APS pretraining checkpoint" if aps else "official PatchMix pretraining checkpoint")
         backbone = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-        if any(k.startswith("head.") for k in backbone):
+        if aps:
+            notes.append(f"mapped APS's names to timm's (pos_embedding (T, 1, D) -> pos_embed (1, T, D), no CLS "
+                         f"position); dropped {chosen}.fc.* (the projector) and predictor.*")
+        elif any(k.startswith("head.") for k in backbone):
             notes.append(f"dropped {chosen}.head.* (the projector: not part of the backbone)")
         return ({k: v for k, v in backbone.items() if not k.startswith("head.")}, {}, chosen, fmt)
     if not prefixes:
@@ -172,6 +240,10 @@ def _split_layout(sd: dict[str, torch.Tensor], encoder: str, path: Path, ours: b
     backbone = {k: v for k, v in vit.items() if not k.startswith("head.")}
     if ours:
         fmt = "ViT classifier checkpoint (this code)" if head else "ViT backbone (this code)"
+    elif aps:
+        fmt = "official APS fine-tuned ViT (fc = classifier head)" if head else "official APS ViT"
+        notes.append("mapped APS's names to timm's (pos_embedding (T, 1, D) -> pos_embed (1, T, D), no CLS "
+                     "position" + (", fc -> head)" if head else ")"))
     else:
         fmt = "ViT with classifier head (official linear / fine-tune file, or timm)" if head else "ViT backbone"
     return backbone, head, prefix[:-1], fmt
@@ -205,7 +277,7 @@ def _meta_shapes(kwargs: dict[str, Any]) -> dict[str, torch.Size]:
 
 
 def _check_fit(backbone: dict[str, torch.Tensor], kwargs: dict[str, Any], path: Path,
-               inferred: dict[str, Any], requested: str) -> None:
+               inferred: dict[str, Any], requested: str, method: str = "patchmix") -> None:
     """Raise :class:`WeightsMismatchError` listing every tensor that does not fit the ViT of ``kwargs``."""
     expected = _meta_shapes(kwargs)
     wrong = [f"{k}: file {list(v.shape)} vs model {list(expected[k])}" for k, v in backbone.items()
@@ -221,9 +293,12 @@ def _check_fit(backbone: dict[str, torch.Tensor], kwargs: dict[str, Any], path: 
     held = dict(inferred)
     arch = held.get("arch")
     heads_note = ("attention heads cannot be inferred from tensor shapes" +
-                  (f"; the official value for {arch} is {ARCHS[arch].num_heads}" if arch else "") +
+                  (f"; the official value for {arch} is {ARCHS[arch].num_heads}" if arch and method != "aps" else
+                   f"; APS's official value for {arch} is {METHOD_HEADS['aps'][arch]}" if arch else "") +
                   ("; ViT-S uses 12 in the released code and weights, the paper's table says 6"
-                   if arch == "vit_small" else ""))
+                   if arch == "vit_small" and method != "aps" else ""))
+    if not held.get("qkv_bias", True) or not held.get("pos_embed_cls", True):
+        heads_note += "; " + _describe_options(held)[2:]
     size = f" at {held['img_size']} px" if held.get("img_size") else ""
     name = arch or "a custom ViT"
     flags = (f"--arch {arch} " if arch else "") + f"--patch-size {held['patch_size']}"
@@ -253,7 +328,9 @@ def load_weights(source: str, encoder: str = "momentum_encoder", checkpoint_key:
 
     The architecture comes, in this order, from the arguments, the checkpoint's ``backbone`` entry (ours),
     the registry (released files) and the tensor shapes; attention heads, which shapes cannot reveal, default
-    to the official value of the architecture (ViT-T 3, ViT-S 12, ViT-B 12) and ``heads_guessed`` is set.
+    to the official value of the architecture (PatchMix: ViT-T 3, ViT-S 12, ViT-B 12; APS: ViT-S 6) and
+    ``heads_guessed`` is set. Official APS files (``pos_embedding``, ``patchify``, ``transformer.N``...) are
+    mapped to timm's names and get APS's ViT options (no qkv bias, LayerNorm eps 1e-5, no CLS position).
     """
     path, released = resolved or resolve_weights(source, weights_dir, cache_dir)
     content, notes = read_weights_file(path, allow_pickle)
@@ -264,7 +341,14 @@ def load_weights(source: str, encoder: str = "momentum_encoder", checkpoint_key:
         extra = {k: v for k, v in content.items() if isinstance(v, (int, float, str, bool))}
         if isinstance(content.get("config"), dict):
             extra["config"] = content["config"]
-    backbone_sd, head, used_encoder, kind = _split_layout(_strip_wrappers(sd), encoder, path, ours, notes)
+    stored_method = content.get("method", "") if isinstance(content, dict) else ""
+    stored_method = stored_method if isinstance(stored_method, str) else ""
+    plain = _strip_wrappers(sd)
+    aps_sd = _aps_to_timm(plain)
+    method = "aps" if aps_sd is not None else stored_method or (released.method if released else "")
+    label = {"patchmix": "PatchMix", "aps": "APS"}.get(stored_method, stored_method or "PatchMix")
+    backbone_sd, head, used_encoder, kind = _split_layout(aps_sd if aps_sd is not None else plain, encoder, path,
+                                                          ours, notes, aps=aps_sd is not None, label=label)
     if any(k.startswith("module.") for k in sd):
         notes.append("removed the DDP prefix module.")
     inferred = infer_backbone(backbone_sd)
@@ -273,16 +357,28 @@ def load_weights(source: str, encoder: str = "momentum_encoder", checkpoint_key:
     kwargs: dict[str, Any] = {"arch": inferred["arch"] or "vit_tiny", "img_size": inferred["img_size"],
                               "patch_size": inferred["patch_size"], "embed_dim": inferred["embed_dim"],
                               "depth": inferred["depth"], "num_heads": 0}
+    # Options: what the tensors show (qkv bias, CLS position), then the method's ViT (the LayerNorm epsilon,
+    # which no tensor shows), then what our checkpoints store.
+    options = {k: inferred[k] for k in ("qkv_bias", "pos_embed_cls")}
+    if method in METHOD_BACKBONE_OPTIONS:
+        options.update(METHOD_BACKBONE_OPTIONS[method])
+    elif not (stored or method) and not options["qkv_bias"] and not options["pos_embed_cls"]:
+        method = "aps"
+        options.update(METHOD_BACKBONE_OPTIONS["aps"])
+        notes.append("no qkv bias and no CLS position: the layout of APS's ViT, so its LayerNorm eps 1e-5 and "
+                     "head counts are used (neither can be read off the tensors)")
     heads_guessed = False
     if isinstance(stored, dict) and {"embed_dim", "depth", "num_heads"} <= set(stored):
         kwargs.update({k: stored[k] for k in kwargs if k in stored})
+        options.update({k: stored[k] for k in BACKBONE_OPTION_DEFAULTS if k in stored})
     elif released is not None and released.backbone_kwargs()["embed_dim"] == inferred["embed_dim"]:
         kwargs["num_heads"] = released.num_heads
+    official_heads = METHOD_HEADS.get(method or "patchmix", METHOD_HEADS["patchmix"])
     if arch:
         if arch not in ARCHS:
             raise WeightsError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}.")
         kwargs.update(arch=arch, embed_dim=ARCHS[arch].embed_dim, depth=ARCHS[arch].depth,
-                      num_heads=num_heads or ARCHS[arch].num_heads)
+                      num_heads=num_heads or official_heads[arch])
     if patch_size:
         if kwargs["img_size"]:
             kwargs["img_size"] = kwargs["img_size"] // kwargs["patch_size"] * patch_size
@@ -295,16 +391,18 @@ def load_weights(source: str, encoder: str = "momentum_encoder", checkpoint_key:
             raise WeightsError(f"{path} holds a {kwargs['embed_dim']}-d ViT, which is none of the named sizes, "
                                f"and the number of attention heads cannot be inferred from tensor shapes: pass "
                                f"--num-heads.")
-        kwargs["num_heads"] = ARCHS[kwargs["arch"]].num_heads
+        kwargs["num_heads"] = official_heads[kwargs["arch"]]
         heads_guessed = True
-        notes.append(f"attention heads cannot be inferred from tensor shapes: using {kwargs['num_heads']}, the "
-                     f"official value for {kwargs['arch']} (pass --num-heads if the file was trained otherwise)")
+        whose = "APS's official value" if method == "aps" else "the official value"
+        notes.append(f"attention heads cannot be inferred from tensor shapes: using {kwargs['num_heads']}, {whose} "
+                     f"for {kwargs['arch']} (pass --num-heads if the file was trained otherwise)")
     if not kwargs["img_size"]:
         raise WeightsError(f"cannot tell the image size of {path}: its position table is not a square grid; "
                            f"non-square ViTs are not supported.")
     if kwargs["embed_dim"] % kwargs["num_heads"]:
         raise WeightsError(f"{kwargs['embed_dim']}-d is not divisible into {kwargs['num_heads']} heads; fix "
                            f"--num-heads.")
-    _check_fit(backbone_sd, kwargs, path, inferred, _describe_backbone(kwargs))
+    kwargs.update({k: v for k, v in options.items() if v != BACKBONE_OPTION_DEFAULTS[k]})
+    _check_fit(backbone_sd, kwargs, path, inferred, _describe_backbone(kwargs), method)
     return LoadedWeights(backbone_sd, kwargs, head, path, source, kind, used_encoder, released, heads_guessed,
-                         notes, extra)
+                         notes, extra, method)
