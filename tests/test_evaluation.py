@@ -208,8 +208,16 @@ def test_finetune_optimizer_uses_layer_decay_groups(toy_data, pretrained):
 @pytest.mark.parametrize("kind,cls", [("knn", KnnConfig), ("linear", LinearConfig), ("finetune", FinetuneConfig)])
 def test_every_config_module_parses_and_official_presets_differ(kind, cls):
     names = recipe_names(kind)
-    assert len(names) == 9 and "demo" in names
-    for name in names:
+    aps = [name for name in names if name.startswith("aps_")]
+    assert len(names) - len(aps) == 9 and "demo" in names and len(aps) == (6 if kind == "finetune" else 0)
+    for name in aps:  # APS's own fine-tuning recipe: batch 128, lr x batch / 512 (half the base per 256)
+        cfg = parse_config(cls, ["--config", name], kind=kind, description="")
+        dataset, arch = name.split("_", 2)[1:]
+        assert cfg.pretrained_weights == f"aps-{dataset}-{arch.replace('_', '-')}-1600-pretrain"
+        official_lr_base = {"vit_tiny": 2e-3, "vit_small": 1e-3, "vit_base": 5e-4}[arch]
+        assert cfg.base_lr * cfg.batch_size / 256 == pytest.approx(official_lr_base * 128 / 512)
+        assert (cfg.batch_size, cfg.layer_decay, cfg.warmup_epochs, cfg.drop_path) == (128, 1.0, 5, 0.0)
+    for name in sorted(set(names) - set(aps)):
         cfg = parse_config(cls, ["--config", name], kind=kind, description="")
         assert cfg.pretrained_weights
         if name != "demo":

@@ -29,3 +29,15 @@ VIT_SMALL = {"arch": "vit_small", "base_lr": 5e-4}
 VIT_SMALL_OFFICIAL: dict = {}
 VIT_BASE = {"arch": "vit_base", "base_lr": 7.5e-4}
 VIT_BASE_OFFICIAL: dict = {}
+
+# APS (Asymmetric Patch Sampling), the official CIFAR recipe (visresearch/aps config/pretrain/*.py and
+# main_pretrain.py): batch 512, 1600 epochs (the command-line default of the official script; its config files say
+# 3200, one flag away: --epochs 3200), 20 warm-up epochs, AdamW with constant weight decay 0.05, temperature 0.1,
+# 4 samplings of 25% of the patches with power 3. Everything else: patchmix.methods.aps.APSConfig.
+APS_CIFAR = {"method": "aps", "img_size": 32, "patch_size": 2, "epochs": 1600, "warmup_epochs": 20,
+             "batch_size": 512, "save_freq": 100, "num_workers": 8}
+# The official code ignores flips when it maps the views onto each other, and trains in fp16 with a GradScaler.
+APS_OFFICIAL = {"respect_flips": False, "amp": "fp16"}
+APS_VIT_TINY = {"arch": "vit_tiny", "base_lr": 1e-3}
+APS_VIT_SMALL = {"arch": "vit_small", "base_lr": 5e-4}  # 6 heads, as the official APS ViT-S
+APS_VIT_BASE = {"arch": "vit_base", "base_lr": 5e-4}

@@ -7,13 +7,16 @@ A method is one module of this package implementing :class:`~patchmix.methods.ba
 from __future__ import annotations
 
 from patchmix.config import ConfigError, suggest
+from patchmix.methods.aps import APS, APSConfig
 from patchmix.methods.base import PretrainConfig, PretrainMethod
 from patchmix.methods.patchmix import PatchMix, PatchMixConfig
 
-__all__ = ["METHODS", "get_method", "PretrainConfig", "PretrainMethod", "PatchMix", "PatchMixConfig"]
+__all__ = ["METHODS", "get_method", "PretrainConfig", "PretrainMethod", "PatchMix", "PatchMixConfig", "APS",
+           "APSConfig"]
 
 METHODS: dict[str, type[PretrainMethod]] = {
     PatchMix.name: PatchMix,  # MoCo v3 is PatchMix with num_mix = 1
+    APS.name: APS,
 }
 
 
