@@ -36,12 +36,12 @@ def test_benchmark_reports_consistent_numbers(tmp_path, toy_data, capsys):
     assert results["batch_size"] == 16 and results["fuse_backbone"] is False
     assert results["step_ms"] == pytest.approx(1000 * 16 / results["images_per_second"])
     shares = results["part_share_percent"]
-    assert set(shares) == {"data_loading", "data_to_device", "schedule", "mixer", "forward", "backward",
-                           "optimizer"}
+    assert set(shares) == {"data_loading", "data_to_device", "per_batch", "schedule", "mixer", "forward",
+                           "backward", "optimizer"}
     assert sum(shares.values()) == pytest.approx(100.0)
     assert results["mfu_percent"] == pytest.approx(100 * results["achieved_tflops"] / 1.0)
     assert results["achieved_tflops"] == pytest.approx(
-        results["gflops_per_image_step"] * results["images_per_second"] / 1e3)
+        results["gflops_per_image"] * results["images_per_second"] / 1e3)
     assert "images/s" in capsys.readouterr().out
 
 
@@ -69,3 +69,16 @@ def test_nested_parts_are_not_counted_twice():
         with timer("inner"):
             time.sleep(0.05)
     assert timer.seconds["inner"] >= 0.05 and 0.02 <= timer.seconds["outer"] < 0.045
+
+
+def test_aps_is_measured_with_its_samplings(tmp_path, capsys):
+    out = tmp_path / "aps.json"
+    args = ["--steps", "1", "--warmup", "1", "--json", str(out), "--config", "aps_demo", "--img-size", "16",
+            "--patch-size", "4", "--embed-dim", "32", "--depth", "2", "--num-heads", "2", "--hidden-dim", "64",
+            "--out-dim", "32", "--batch-size", "8", "--num-workers", "0", "--device", "cpu", "--nsampling", "2"]
+    assert benchmark.main(args) == 0
+    results = json.loads(out.read_text())
+    assert results["method"] == "aps" and results["optimizer_steps_per_batch"] == 2
+    assert results["fuse_backbone"] is None and "per_batch" in results["part_share_percent"]  # the sampling
+    view = benchmark.vit_forward_flops(32, 2, 16, 4, 64, 32, 3, 3, tokens=4 + 1)  # 4 of 16 patches + CLS
+    assert results["gflops_per_image"] == pytest.approx(3 * 2 * view * 2 / 1e9)

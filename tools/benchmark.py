@@ -1,15 +1,17 @@
-"""Training-speed benchmark of full PatchMix pretraining steps.
+"""Training-speed benchmark of full pretraining steps, for every method (PatchMix, APS, ...).
 
 Measures, after warm-up steps: images/s of the real training step (patchmix.engine.train_step with the
-pretraining task), the share of each part of a step (data loading, schedule + momentum update, moving to the
+pretraining task; one loaded batch may make several optimiser steps, as APS's samplings do), the share of each
+part (data loading, the method's per-batch work such as APS's sampling, schedule + momentum update, moving to the
 device, mixer, forward + loss, backward, optimiser), peak memory, and model FLOPs utilisation (MFU). Any
 pretraining config and override works:
 
   python tools/benchmark.py --config demo                                  # CPU
   python tools/benchmark.py --config cifar10_vit_tiny --batch-size 512 --amp bf16 --data synthetic
   python tools/benchmark.py --config imagenet_vit_small --batch-size 128 --amp bf16 --compile --data synthetic
+  python tools/benchmark.py --config aps_cifar10_vit_tiny --batch-size 64 --device cpu   # APS
 
-Unless the command sets --fuse-backbone or --no-fuse-backbone, both ways of running the backbone are measured
+For PatchMix, unless the command sets --fuse-backbone or --no-fuse-backbone, both ways of running the backbone are measured
 (fused: one backbone call per encoder on all its same-resolution inputs; unfused: one call per input), in
 --rounds interleaved rounds, and the ratio of their images/s is reported: it decides the default of each device.
 
@@ -48,11 +50,14 @@ import dataclasses  # noqa: E402
 import statistics  # noqa: E402
 
 from patchmix.config import parse_config  # noqa: E402
+from PIL import Image  # noqa: E402
+from torch.utils.data import default_collate  # noqa: E402
+
 from patchmix.data import build_dataset, fixed_subset, resumable_loader  # noqa: E402
 from patchmix.distributed import pick_device  # noqa: E402
-from patchmix.engine import amp_dtype, train_step  # noqa: E402
+from patchmix.engine import amp_dtype, no_timer, train_step  # noqa: E402
 from patchmix.loss import LossWeights, needed_encodings  # noqa: E402
-from patchmix.methods import PatchMix, PatchMixConfig  # noqa: E402
+from patchmix.methods import APSConfig, PatchMixConfig, PretrainConfig, get_method  # noqa: E402
 from patchmix.models import arch_spec  # noqa: E402
 from patchmix.pretrain import PretrainTask  # noqa: E402
 
@@ -61,11 +66,13 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10"
 
 
 def vit_forward_flops(embed_dim: int, depth: int, img_size: int, patch_size: int, hidden_dim: int,
-                      out_dim: int, proj_layers: int = 3, pred_layers: int = 0) -> float:
-    """Forward FLOPs of one image through patch embedding, the blocks and the MLP heads."""
-    tokens = (img_size // patch_size) ** 2 + 1
+                      out_dim: int, proj_layers: int = 3, pred_layers: int = 0, tokens: int = 0) -> float:
+    """Forward FLOPs of one image through patch embedding, the blocks and the MLP heads. ``tokens``: the tokens
+    the blocks see (default: every patch + CLS; APS keeps a subset after embedding every patch)."""
+    patches = (img_size // patch_size) ** 2
+    tokens = tokens or patches + 1
     d = embed_dim
-    patch_embed = (tokens - 1) * 3 * patch_size ** 2 * d
+    patch_embed = patches * 3 * patch_size ** 2 * d
     per_block = tokens * (3 * d * d + d * d + 8 * d * d) + 2 * tokens * tokens * d  # qkv, proj, mlp, attention
     head = d * hidden_dim + (proj_layers - 2) * hidden_dim ** 2 + hidden_dim * out_dim
     predictor = (out_dim * hidden_dim + (pred_layers - 2) * hidden_dim ** 2 + hidden_dim * out_dim
@@ -73,9 +80,23 @@ def vit_forward_flops(embed_dim: int, depth: int, img_size: int, patch_size: int
     return 2.0 * (patch_embed + depth * per_block + head + predictor)
 
 
-def step_flops_per_image(cfg: PatchMixConfig) -> float:
-    """FLOPs of one training step per image of the batch, from the passes the active loss terms need."""
-    spec = arch_spec(cfg.arch, cfg.embed_dim, cfg.depth, cfg.num_heads)
+def _spec(cfg: PretrainConfig):
+    return arch_spec(cfg.arch, cfg.embed_dim, cfg.depth, get_method(cfg.method).backbone_kwargs(cfg)["num_heads"])
+
+
+def step_flops_per_image(cfg: PretrainConfig) -> float:
+    """FLOPs of one loaded batch per image: forward + backward (3x forward) of every pass with gradient, forward
+    of every pass without (PatchMix: from the passes the active loss terms need; APS: 2 views of k + 1 tokens,
+    ``nsampling`` times)."""
+    spec = _spec(cfg)
+    if isinstance(cfg, APSConfig):
+        cells = (cfg.img_size // cfg.patch_size) ** 2
+        tokens = int(cells * cfg.sampling_ratio) + 1
+        view = vit_forward_flops(spec.embed_dim, spec.depth, cfg.img_size, cfg.patch_size, cfg.hidden_dim,
+                                 cfg.out_dim, 3, 3, tokens=tokens)
+        return 3.0 * 2 * view * cfg.nsampling
+    if not isinstance(cfg, PatchMixConfig):
+        raise NotImplementedError(f"no FLOP count for method {cfg.method!r} yet")
     weights = LossWeights(cfg.o2o_weight, cfg.m2o_weight, cfg.m2m_weight, cfg.local_o2o_weight,
                           cfg.local_m2o_weight)
     needs = needed_encodings(weights, local_crops=cfg.local_crops_number > 0).names()
@@ -138,11 +159,13 @@ class PartTimer:
                 self._inner[-1] += elapsed
 
 
-def synthetic_batches(cfg: PatchMixConfig, batch: int) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
+def synthetic_batches(cfg: PretrainConfig, batch: int) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
+    """One batch of the method's views of random images (its transform, so every method gets its own views,
+    boxes included), repeated: the model alone is measured."""
     generator = torch.Generator().manual_seed(0)
-    views = [torch.randn(batch, 3, cfg.img_size, cfg.img_size, generator=generator) for _ in range(2)]
-    views += [torch.randn(batch, 3, cfg.local_crop_size, cfg.local_crop_size, generator=generator)
-              for _ in range(cfg.local_crops_number)]
+    transform = get_method(cfg.method).train_transform(cfg)
+    pixels = torch.randint(0, 256, (batch, cfg.img_size, cfg.img_size, 3), generator=generator, dtype=torch.uint8)
+    views = default_collate([transform(Image.fromarray(image.numpy())) for image in pixels])
     while True:
         yield views, torch.zeros(batch, dtype=torch.long)
 
@@ -150,10 +173,11 @@ def synthetic_batches(cfg: PatchMixConfig, batch: int) -> Iterator[tuple[list[to
 class Bench:
     """One configuration ready to step: the pretraining task, its grad scaler and a source of batches."""
 
-    def __init__(self, cfg: PatchMixConfig, data: str) -> None:
+    def __init__(self, cfg: PretrainConfig, data: str) -> None:
         self.cfg, self.device = cfg, pick_device(cfg.device, 0)
         torch.manual_seed(cfg.seed)
-        method = PatchMix.from_config(cfg).to(self.device)
+        method = get_method(cfg.method).from_config(cfg).to(self.device)
+        self.steps_per_batch = get_method(cfg.method).steps_per_batch(cfg)
         if cfg.compile:
             method.compile_backbones()
         self.task = PretrainTask(method, method, cfg, steps_per_epoch=1000)
@@ -162,8 +186,8 @@ class Bench:
         method.train()
         if data == "real":
             dataset = fixed_subset(build_dataset(cfg.dataset, cfg.data_path, train=True), cfg.train_subset)
-            loader, sampler = resumable_loader(dataset, PatchMix.train_transform(cfg), cfg.seed, cfg.batch_size,
-                                               0, 1, cfg.num_workers)
+            loader, sampler = resumable_loader(dataset, get_method(cfg.method).train_transform(cfg), cfg.seed,
+                                               cfg.batch_size, 0, 1, cfg.num_workers)
 
             def epochs() -> Iterator[Any]:
                 epoch = 0
@@ -179,15 +203,18 @@ class Bench:
         self.step_peak_gib: float | None = None
 
     def step(self, timer: Any = None) -> None:
-        if timer is None:
+        """One loaded batch: its optimiser steps (one for most methods, ``nsampling`` for APS)."""
+        timer = timer or no_timer
+        with timer("data_loading"):
             batch = next(self.batches)
-            train_step(self.task, self.scaler, batch, self.step_index, self.device, self.dtype, self.cfg.clip_grad)
-        else:
-            with timer("data_loading"):
-                batch = next(self.batches)
-            train_step(self.task, self.scaler, batch, self.step_index, self.device, self.dtype, self.cfg.clip_grad,
+        with timer("data_to_device"):
+            batch = [[v.to(self.device, non_blocking=True) for v in batch[0]], batch[1]]
+        with timer("per_batch"):  # e.g. APS's sampling of the batch
+            parts = self.task.substeps(batch)
+        for part in parts:
+            train_step(self.task, self.scaler, part, self.step_index, self.device, self.dtype, self.cfg.clip_grad,
                        timer=timer)
-        self.step_index += 1
+            self.step_index += 1
 
     def timed(self, steps: int) -> float:
         """Seconds for ``steps`` steps, device synchronised. On CUDA, also the peak memory the steps allocate
@@ -207,7 +234,7 @@ class Bench:
         return time.perf_counter() - tic
 
 
-def run_benchmark(cfg: PatchMixConfig, steps: int, warmup: int, data: str, peak_tflops: float = 0.0
+def run_benchmark(cfg: PretrainConfig, steps: int, warmup: int, data: str, peak_tflops: float = 0.0
                   ) -> dict[str, Any]:
     """Measure ``steps`` training steps after ``warmup`` steps; return the results as a dict."""
     bench = Bench(cfg, data)
@@ -233,13 +260,12 @@ def measure(bench: Bench, round_seconds: list[float], steps: int, warmup: int, d
     return {
         "config": cfg.arch + f"/{cfg.patch_size} at {cfg.img_size}px", "batch_size": cfg.batch_size,
         "amp": str(dtype).replace("torch.", "") if dtype else "none", "compile": cfg.compile,
-        "data": data, "num_mix": cfg.num_mix, "local_crops": cfg.local_crops_number,
-        "fuse_backbone": bench.task.model.fuse_backbone if bench.task.model.fuse_backbone is not None
-        else device.type == "cuda",
+        "data": data, "method": cfg.method, "optimizer_steps_per_batch": bench.steps_per_batch,
+        "fuse_backbone": _fused(bench),
         "images_per_second": images_per_second, "step_ms": 1000.0 * elapsed / steps,
         "rounds_images_per_second": [steps * cfg.batch_size / t for t in round_seconds],
         "part_share_percent": shares, "step_peak_memory_gib": bench.step_peak_gib,
-        "gflops_per_image_step": flops / 1e9, "achieved_tflops": achieved,
+        "gflops_per_image": flops / 1e9, "achieved_tflops": achieved,
         "mfu_percent": 100.0 * achieved / peak if peak else None, "peak_note": peak_note,
         "warmup_steps": warmup, "warmup_seconds": warmup_seconds, "measured_steps": steps,
         "fused_attention": bool(use_fused_attn()),
@@ -249,12 +275,21 @@ def measure(bench: Bench, round_seconds: list[float], steps: int, warmup: int, d
     }
 
 
+def _fused(bench: Bench) -> bool | None:
+    """Whether PatchMix's backbone passes ran fused (None for methods without that choice)."""
+    fuse = getattr(bench.task.model, "fuse_backbone", "absent")
+    if fuse == "absent":
+        return None
+    return fuse if fuse is not None else bench.device.type == "cuda"
+
+
 def format_results(results: dict[str, Any]) -> str:
-    lines = [f"{results['config']}, batch {results['batch_size']}, amp {results['amp']}, compile "
+    lines = [f"{results['method']} {results['config']}, batch {results['batch_size']} "
+             f"({results['optimizer_steps_per_batch']} optimiser step(s) per batch), amp {results['amp']}, compile "
              f"{results['compile']}, fused backbone {results['fuse_backbone']}, data {results['data']}, on "
              f"{results['device']} ({results['threads']} threads)",
              f"  {results['images_per_second']:.1f} images/s, {results['step_ms']:.1f} ms/step, "
-             f"{results['gflops_per_image_step']:.2f} GFLOP per image-step, {results['achieved_tflops']:.3f} TFLOP/s"
+             f"{results['gflops_per_image']:.2f} GFLOP per image, {results['achieved_tflops']:.3f} TFLOP/s"
              + (f", MFU {results['mfu_percent']:.1f}%" if results["mfu_percent"] is not None else "")
              + (f", step peak memory {results['step_peak_memory_gib']:.2f} GiB above the memory held between steps"
                 if results["step_peak_memory_gib"] else ""),
@@ -263,7 +298,7 @@ def format_results(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def compare_fusion(cfg: PatchMixConfig, steps: int, warmup: int, data: str, peak_tflops: float, rounds: int
+def compare_fusion(cfg: PretrainConfig, steps: int, warmup: int, data: str, peak_tflops: float, rounds: int
                    ) -> list[dict[str, Any]]:
     """Fused and unfused backbone passes, measured in interleaved rounds (the median round counts)."""
     benches = [Bench(dataclasses.replace(cfg, fuse_backbone=fuse), data) for fuse in (True, False)]
@@ -290,8 +325,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         print("\nAll pretraining options (python main_pretrain.py --help) are accepted as well.")
         return 0
-    cfg = parse_config(PatchMixConfig, rest or ["--config", "demo"], kind="pretrain", description=__doc__)
-    if cfg.fuse_backbone is None:  # not set: measure both ways
+    cfg = parse_config(lambda values: get_method(values.get("method", "patchmix")).config_class,
+                       rest or ["--config", "demo"], kind="pretrain", description=__doc__)
+    if getattr(cfg, "fuse_backbone", False) is None:  # PatchMix without a choice: measure both ways
         results = compare_fusion(cfg, args.steps, args.warmup, args.data, args.peak_tflops, args.rounds)
     else:
         results = [run_benchmark(cfg, args.steps, args.warmup, args.data, args.peak_tflops)]
