@@ -49,10 +49,10 @@ if str(REPO_ROOT) not in sys.path:
 import dataclasses  # noqa: E402
 import statistics  # noqa: E402
 
-from patchmix.config import parse_config  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils.data import default_collate  # noqa: E402
 
+from patchmix.config import parse_config  # noqa: E402
 from patchmix.data import build_dataset, fixed_subset, resumable_loader  # noqa: E402
 from patchmix.distributed import pick_device  # noqa: E402
 from patchmix.engine import amp_dtype, no_timer, train_step  # noqa: E402
