@@ -11,9 +11,9 @@ pretraining config and override works:
   python tools/benchmark.py --config imagenet_vit_small --batch-size 128 --amp bf16 --compile --data synthetic
   python tools/benchmark.py --config aps_cifar10_vit_tiny --batch-size 64 --device cpu   # APS
 
-For PatchMix, unless the command sets --fuse-backbone or --no-fuse-backbone, both ways of running the backbone are measured
-(fused: one backbone call per encoder on all its same-resolution inputs; unfused: one call per input), in
---rounds interleaved rounds, and the ratio of their images/s is reported: it decides the default of each device.
+For PatchMix, unless the command sets --fuse-backbone or --no-fuse-backbone, both ways of running the backbone
+are measured (fused: one backbone call per encoder on all its same-resolution inputs; unfused: one call per
+input), in --rounds interleaved rounds, and the ratio of their images/s is reported: it decides the default of each device.
 
 Parts are timed with a device synchronisation around each (so they add up to a slightly slower step; a part
 inside another, the mixer inside the forward pass, is not counted twice); images/s is measured separately on
