@@ -13,7 +13,8 @@ pretraining config and override works:
 
 For PatchMix, unless the command sets --fuse-backbone or --no-fuse-backbone, both ways of running the backbone
 are measured (fused: one backbone call per encoder on all its same-resolution inputs; unfused: one call per
-input), in --rounds interleaved rounds, and the ratio of their images/s is reported: it decides the default of each device.
+input), in --rounds interleaved rounds, and the ratio of their images/s is reported: it decides the default of
+each device.
 
 Parts are timed with a device synchronisation around each (so they add up to a slightly slower step; a part
 inside another, the mixer inside the forward pass, is not counted twice); images/s is measured separately on
