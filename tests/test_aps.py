@@ -119,3 +119,8 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_identical_weights(tmp_path, toy_
         assert torch.equal(value, resumed["model"][key]), key
     lines = [json.loads(line) for line in (tmp_path / "straight" / "log.txt").read_text().splitlines()]
     assert "train_similarity" in lines[0]
+    # the checkpoint is an APS one for every evaluation: APS's ViT, and no complaint about a momentum encoder
+    from patchmix.weights import load_weights
+    loaded = load_weights(str(tmp_path / "straight" / "checkpoint.pth"))
+    assert loaded.encoder == "base_encoder" and loaded.backbone["pos_embed_cls"] is False
+    assert not any("momentum" in note for note in loaded.notes) and "APS" in loaded.kind

@@ -196,16 +196,17 @@ class LoadedWeights:
 
 
 def _split_layout(sd: dict[str, torch.Tensor], encoder: str, path: Path, ours: bool, notes: list[str],
-                  aps: bool = False, label: str = "PatchMix"
+                  aps: bool = False, label: str = "PatchMix", momentum_free: bool = False
                   ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], str, str]:
-    """(backbone, head, encoder used, format) of a state dict of any supported layout (APS's: already under
-    timm's names, ``aps`` set)."""
+    """(backbone, head, encoder used, format) of a state dict of any supported layout (official APS files:
+    already mapped to timm's names, ``aps`` set; ``momentum_free``: the method has no momentum encoder, so its
+    absence needs no note)."""
     prefixes = sorted({k[: -len("cls_token")] for k in sd if k.endswith("cls_token")})
     encoders = [p[:-1] for p in prefixes if p in ("base_encoder.", "momentum_encoder.")]
     if encoders:
         chosen = encoder or "momentum_encoder"
         if chosen not in encoders:
-            if aps and chosen == "momentum_encoder" and "base_encoder" in encoders:
+            if (aps or momentum_free) and chosen == "momentum_encoder" and "base_encoder" in encoders:
                 chosen = "base_encoder"  # APS trains without a momentum encoder
             elif chosen == "momentum_encoder" and "base_encoder" in encoders:
                 notes.append("the checkpoint has no momentum encoder (trained with use_momentum=False, like the "
@@ -348,7 +349,8 @@ def load_weights(source: str, encoder: str = "momentum_encoder", checkpoint_key:
     method = "aps" if aps_sd is not None else stored_method or (released.method if released else "")
     label = {"patchmix": "PatchMix", "aps": "APS"}.get(stored_method, stored_method or "PatchMix")
     backbone_sd, head, used_encoder, kind = _split_layout(aps_sd if aps_sd is not None else plain, encoder, path,
-                                                          ours, notes, aps=aps_sd is not None, label=label)
+                                                          ours, notes, aps=aps_sd is not None, label=label,
+                                                          momentum_free=method == "aps")
     if any(k.startswith("module.") for k in sd):
         notes.append("removed the DDP prefix module.")
     inferred = infer_backbone(backbone_sd)
