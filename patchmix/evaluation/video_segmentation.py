@@ -31,7 +31,9 @@ instead of DINO's formula (the default, "official", reproduces DINO's). A frame 
 the patch size is cropped at the bottom/right, which is what the official patch convolution does implicitly.
 
 The masks are written as indexed PNGs in the layout the official ``davis2017-evaluation`` tool reads, and J
-and F are computed here as that tool does (:mod:`patchmix.evaluation.davis`).
+and F are computed here as that tool does (:mod:`patchmix.evaluation.davis`). ``tools/parity/video_segmentation.py``
+runs DINO's script and the DAVIS tool next to this code: on a synthetic 854x480 video with the same random ViT,
+a few pixels in a million get another id, and the J and F means are equal.
 """
 
 from __future__ import annotations
