@@ -160,13 +160,14 @@ class EvalConfig(RunConfig):
     output_dir: str = "output/eval"
 
     pretrained_weights: str = WEIGHTS("", "weights to evaluate: a checkpoint (ours at any stage, or an official "
-                                      "PatchMix file), a URL, or a released name such as "
+                                      "PatchMix, APS, DINO or SelfPatch file), a URL, or a released name such as "
                                       "cifar10-vit-tiny-pretrain (list: python -m patchmix.weights list)")
     encoder: str = WEIGHTS("momentum_encoder", "encoder of a pretraining checkpoint: momentum_encoder "
                            "(official) or base_encoder (the online one); checkpoints without a momentum encoder "
                            "fall back to base_encoder with a note")
     checkpoint_key: str = WEIGHTS("", "entry of the file that holds the state dict (empty: the usual ones, "
-                                  "e.g. model, state_dict; model_ema selects a fine-tuning run's EMA weights)")
+                                  "e.g. model, state_dict, a DINO / SelfPatch checkpoint's teacher; model_ema "
+                                  "selects a fine-tuning run's EMA weights, student the DINO / SelfPatch student)")
     allow_pickle: bool = WEIGHTS(False, "trust the file and let torch.load(weights_only=False) run the code it "
                                  "pickles; without it, pickled modules (official best.pth) are read by a "
                                  "restricted unpickler that only extracts tensors", run_only=True)

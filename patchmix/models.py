@@ -17,6 +17,7 @@ from timm.layers import LayerNorm
 from timm.models.vision_transformer import VisionTransformer
 
 from patchmix.config import suggest
+from patchmix.selfpatch_head import SelfPatchViT
 
 __all__ = ["ARCHS", "ArchSpec", "arch_spec", "build_backbone", "build_mlp", "cls_features", "encode"]
 
@@ -51,18 +52,21 @@ def arch_spec(arch: str, embed_dim: int = 0, depth: int = 0, num_heads: int = 0)
 def build_backbone(arch: str = "vit_small", img_size: int = 224, patch_size: int = 16,
                    drop_path_rate: float = 0.0, embed_dim: int = 0, depth: int = 0,
                    num_heads: int = 0, qkv_bias: bool = True, norm_eps: float = 1e-6,
-                   pos_embed_cls: bool = True) -> VisionTransformer:
+                   pos_embed_cls: bool = True, selfpatch_head: bool = False) -> VisionTransformer:
     """timm ViT with the official PatchMix settings and MoCo-v3 initialisation, no classifier (``head`` is
     ``Identity``: ``model(x)`` returns the CLS token after the final LayerNorm).
 
     ``dynamic_img_size`` lets the same model see other resolutions (96-px local crops): timm then resamples
     the learned position table, and leaves it untouched at the native size.
 
-    The last three options (plain values, stored with the sizes in checkpoints) describe ViTs of other codes;
+    The last four options (plain values, stored with the sizes in checkpoints) describe ViTs of other codes;
     their defaults are PatchMix's. ``qkv_bias``: a bias on the query/key/value projection. ``norm_eps``: the
     epsilon of every LayerNorm. ``pos_embed_cls``: the position table has a row for the CLS token; False
     (timm's ``no_embed_class=True``) gives a table of the patch tokens only, added to them before the CLS
     token is prepended. APS's ViT: ``qkv_bias=False, norm_eps=1e-5, pos_embed_cls=False``.
+    ``selfpatch_head``: SelfPatch's ViT, a :class:`patchmix.selfpatch_head.SelfPatchViT` (no CLS token, no final
+    LayerNorm, the SelfPatch head ``ca_head`` aggregating all patch tokens into the feature that ``model(x)``
+    returns in place of the CLS token).
     """
     spec = arch_spec(arch, embed_dim, depth, num_heads)
     if img_size % patch_size:
@@ -72,10 +76,13 @@ def build_backbone(arch: str = "vit_small", img_size: int = 224, patch_size: int
         options["norm_layer"] = partial(LayerNorm, eps=float(norm_eps))
     if not pos_embed_cls:
         options["no_embed_class"] = True
-    model = VisionTransformer(
+    vit_class = SelfPatchViT if selfpatch_head else VisionTransformer
+    if not selfpatch_head:
+        options["global_pool"] = "token"
+    model = vit_class(
         img_size=img_size, patch_size=patch_size, num_classes=0, embed_dim=spec.embed_dim, depth=spec.depth,
         num_heads=spec.num_heads, mlp_ratio=4.0, qkv_bias=bool(qkv_bias), drop_path_rate=drop_path_rate,
-        weight_init="moco", dynamic_img_size=True, global_pool="token", **options,
+        weight_init="moco", dynamic_img_size=True, **options,
     )
     # MoCo v3 initialises the patch projection like a Linear layer of fan-in 3*p*p (timm's 'moco' mode keeps
     # the Conv2d default).

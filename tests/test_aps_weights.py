@@ -212,7 +212,7 @@ def test_export_round_trip_through_the_printed_timm_call(golden, pretrain_file, 
 def test_aps_entries_are_registered_with_their_method_and_source():
     aps = {name: e for name, e in W.RELEASED.items() if e.method == "aps"}
     assert len(aps) == 24 and all(name.startswith("aps-") for name in aps)
-    assert {e.method for e in W.RELEASED.values()} == {"patchmix", "aps"}
+    assert {e.method for e in W.RELEASED.values()} == {"patchmix", "aps", "dino", "selfpatch"}
     entry = W.get_released("aps-cifar100-vit-small-1600-pretrain")
     assert entry.top1 == 84.9 and entry.epochs == 1600 and entry.repo_id == "visresearch/aps"
     assert "README 'Main Results' (CIFAR100, 1600 epochs, ViT-Small/2)" in entry.note

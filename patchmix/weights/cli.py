@@ -28,23 +28,36 @@ Wherever a script asks for weights (``--pretrained-weights``) it accepts
   official linear / fine-tuning files (``{"epoch", "arch", "state_dict", "acc_best", ...}`` and ``best.pth``,
   which is a whole pickled ``nn.Module``); the official APS files (pretraining: the raw state dict
   ``{base_encoder.{cls_token, pos_embedding, patchify, transformer.N, layer_norm, fc}, predictor.*}``;
-  fine-tuning: a pickled ``Vit`` module), mapped to timm's names and built with APS's ViT options;
+  fine-tuning: a pickled ``Vit`` module), mapped to timm's names and built with APS's ViT options; DINO's
+  training checkpoint ``checkpoint.pth`` (``{student: module.backbone.*, module.head.*; teacher: backbone.*,
+  head.*; args; ...}``: the teacher, as DINO's evaluations, unless ``--checkpoint-key student``; the DINO head is
+  dropped) and its released backbone files (plain timm state dicts); SelfPatch's training checkpoint and state
+  dicts (``backbone.*`` without CLS token, ``ca_head.*`` = the SelfPatch head, whose aggregate of all patch
+  tokens is the feature; its DINO heads ``c_head``/``p_head`` are dropped);
 * a URL (downloaded once by torch.hub into ``$TORCH_HOME/hub/checkpoints``; Hugging Face URLs, including the
   README's ``/blob/main/`` links, go through the Hugging Face cache instead);
-* the name of a released file, e.g. ``cifar10-vit-tiny-pretrain`` (``python -m patchmix.weights list``),
-  downloaded with ``huggingface_hub`` (cached, resumable), or found in ``--weights-dir`` when downloaded by hand
-  (the only way for the APS entries, whose hub paths are not published).
+* the name of a released file, e.g. ``cifar10-vit-tiny-pretrain`` or ``dino-imagenet-vit-small-pretrain``
+  (``python -m patchmix.weights list``), downloaded with ``huggingface_hub`` (cached, resumable) or, for DINO's
+  files, from their URL with torch.hub, or found in ``--weights-dir`` when downloaded by hand (the only way for
+  the APS entries, whose hub paths are not published, and SelfPatch's, a Google Drive page).
 
-:func:`load_weights` returns a plain timm backbone state dict (no head, no prefix) plus the ``build_backbone``
-arguments it needs and a description of what was found; :func:`build_model` turns that into a ready
-``VisionTransformer``.
+Attention heads are not stored in any file: ours store them; released names know their method (ViT-S: PatchMix
+12 heads, APS / DINO / SelfPatch 6); DINO / SelfPatch training checkpoints name their architecture in
+``args.arch``; a plain backbone file named ``dino_*`` (DINO's release names) gets DINO's counts; anything else
+PatchMix's, with a note. ``--num-heads`` overrides all of these.
+
+:func:`load_weights` returns a plain timm backbone state dict (no head, no prefix; SelfPatch models: plus the
+SelfPatch head ``ca_head.*``) plus the ``build_backbone`` arguments it needs and a description of what was found;
+:func:`build_model` turns that into a ready ``VisionTransformer`` (SelfPatch: a ``SelfPatchViT``, whose
+``forward_head`` gives the SelfPatch image vector where other ViTs give their CLS token).
 
 Safety: files are read with ``torch.load(weights_only=True)``, which runs no code. A file that pickles whole
 Python objects (the official ``best.pth``) is then read by a restricted unpickler that resolves no class
 outside a handful of torch tensor-rebuilding functions: every other class becomes an inert placeholder, nothing
 is imported, no code from the file runs, and the tensors are collected from the placeholders' recorded module
-state. ``allow_pickle=True`` (``--allow-pickle``) falls back to ``torch.load(weights_only=False)``, which
-executes whatever the file contains: use it only for files you trust, when the restricted reader fails.
+state (a pickled ``argparse.Namespace``, DINO's ``args``, comes back as a dict of its plain values).
+``allow_pickle=True`` (``--allow-pickle``) falls back to ``torch.load(weights_only=False)``, which executes
+whatever the file contains: use it only for files you trust, when the restricted reader fails.
 
 Command line::
 
@@ -59,7 +72,9 @@ def _add_load_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="checkpoint path, URL or released name")
     parser.add_argument("--encoder", default="momentum_encoder",
                         help="encoder of a pretraining file: momentum_encoder (default) or base_encoder")
-    parser.add_argument("--checkpoint-key", default="", help="entry holding the state dict")
+    parser.add_argument("--checkpoint-key", default="",
+                        help="entry holding the state dict (DINO / SelfPatch checkpoints: teacher by default, or "
+                             "student)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="trust the file: torch.load(weights_only=False) runs code stored in it")
     parser.add_argument("--arch", default="", help="override the architecture (default: from the file)")
@@ -86,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     export = commands.add_parser("export", help="write a plain timm backbone (.pth + .safetensors + .json)")
     _add_load_arguments(export)
     export.add_argument("--out", required=True, help="output folder")
-    export.add_argument("--name", default="", help="file name stem (default patchmix_<arch>_p<patch>_<img>)")
+    export.add_argument("--name", default="",
+                        help="file name stem (default <method>_<arch>_p<patch>_<img>, e.g. dino_vit_small_p16_224)")
     args = parser.parse_args(argv)
     try:
         if args.command == "list":

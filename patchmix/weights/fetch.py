@@ -1,8 +1,9 @@
 """From a weights source (local path, URL or released name) to a local file, downloading it when needed.
 
 Released names are looked for in the weights folder first, so copies downloaded by hand work offline, then
-fetched with huggingface_hub into its cache; other URLs are downloaded once into torch.hub's cache. A failed
-download says where to put the file by hand. Nothing here reads a file: that is :mod:`patchmix.weights.unpickle`.
+fetched with huggingface_hub into its cache (hub files) or with torch.hub into its cache (direct URLs: DINO);
+other URLs are downloaded once into torch.hub's cache, and a URL of a released file is treated as its name. A
+failed download says where to put the file by hand. Nothing here reads a file: that is :mod:`patchmix.weights.unpickle`.
 """
 
 from __future__ import annotations
@@ -55,8 +56,11 @@ def _hub_download(repo_id: str, filename: str, revision: str, cache_dir: str | o
         raise WeightsError(_offline_help(what, url, reason, place, alternative)) from error
 
 
-def _url_download(url: str, what: str, model_dir: str | os.PathLike | None, progress: bool = True) -> Path:
-    """Download ``url`` once into torch.hub's cache (atomic; SHA-256 checked when the name ends in -<hash>)."""
+def _url_download(url: str, what: str, model_dir: str | os.PathLike | None, progress: bool = True,
+                  place: Path | None = None, alternative: Path | None = None) -> Path:
+    """Download ``url`` once into torch.hub's cache (atomic; SHA-256 checked when the name ends in -<hash>).
+
+    On failure the message says to put the file at ``place`` (default: the cache file itself)."""
     directory = Path(model_dir) if model_dir else Path(torch.hub.get_dir()) / "checkpoints"
     filename = os.path.basename(urlparse(url).path) or "weights.pth"
     target = directory / filename
@@ -68,7 +72,8 @@ def _url_download(url: str, what: str, model_dir: str | os.PathLike | None, prog
         torch.hub.download_url_to_file(url, str(target), hash_prefix=match.group(1) if match else None,
                                        progress=progress)
     except Exception as error:
-        raise WeightsError(_offline_help(what, url, f"{type(error).__name__}: {error}", target)) from error
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        raise WeightsError(_offline_help(what, url, reason, place or target, alternative)) from error
     return target
 
 
@@ -80,12 +85,18 @@ def resolve_weights(source: str, weights_dir: str | os.PathLike | None = None,
     """The local file behind ``source`` (path, URL or registry name), downloading it if needed.
 
     Registry names are first looked for in ``weights_dir`` (default :func:`default_weights_dir`), under their
-    hub path or just their file name, so a copy downloaded by hand is used offline. Entries whose hub path was
-    not published (APS) are only looked for there, as ``<method>/<name>.pth`` or ``<name>.pth``.
+    hub path or just their file name, so a copy downloaded by hand is used offline. Entries with a direct URL
+    (DINO) are looked for as ``<method>/<file name>`` or ``<file name>``, then downloaded with torch.hub. Entries
+    that cannot be downloaded by name (APS: no hub path published; SelfPatch: only a Google Drive page) are only
+    looked for there, as ``<method>/<name>.pth`` or ``<name>.pth``. A URL that is a released file's URL is
+    resolved as that name.
     """
     if not source:
         raise WeightsError("no weights given: pass --pretrained-weights with a checkpoint path, a URL or a "
                            "released name (python -m patchmix.weights list).")
+    by_url = {e.url: e for e in RELEASED.values() if e.download_url or e.page_url}
+    if source in by_url:
+        source = by_url[source].name
     if source in RELEASED:
         entry = RELEASED[source]
         base = Path(weights_dir) if weights_dir else default_weights_dir()
@@ -93,14 +104,18 @@ def resolve_weights(source: str, weights_dir: str | os.PathLike | None = None,
         for candidate in candidates:
             if candidate.is_file():
                 return candidate, entry
+        epochs = f", {entry.epochs} epochs" if entry.epochs else ""
+        what = (f"the released weights {entry.name!r} ({entry.label} {entry.protocol} file, "
+                f"{entry.arch}/{entry.patch_size} on {entry.dataset}{epochs})")
         if not entry.published:
             raise WeightsError(
-                f"the released weights {entry.name!r} ({entry.method.upper()} {entry.protocol} file, "
-                f"{entry.arch}/{entry.patch_size} on {entry.dataset}, {entry.epochs} epochs) are not at "
-                f"{candidates[0].absolute()} (or {candidates[1].absolute()}). The authors' README names no file "
-                f"in their Hugging Face repository, so they cannot be downloaded by name: download the file by "
-                f"hand from {entry.url} and put it at {candidates[0].absolute()} (--weights-dir or "
-                f"$PATCHMIX_WEIGHTS_DIR), or pass its path or URL to --pretrained-weights.")
+                f"{what} are not at {candidates[0].absolute()} (or {candidates[1].absolute()}). "
+                f"{entry.by_hand_reason[0].upper()}{entry.by_hand_reason[1:]}, so they cannot be downloaded by "
+                f"name: download the file by hand from {entry.url} and put it at {candidates[0].absolute()} "
+                f"(--weights-dir or $PATCHMIX_WEIGHTS_DIR), or pass its path to --pretrained-weights.")
+        if entry.download_url:
+            return _url_download(entry.download_url, what, cache_dir, place=candidates[0],
+                                 alternative=candidates[1]), entry
         return _hub_download(entry.repo_id, entry.path, entry.revision, cache_dir,
                              f"the released weights {entry.name!r} (file {entry.path})", *candidates), entry
     if source.startswith(("http://", "https://", "file://")):

@@ -1,9 +1,10 @@
 """From the content of a weights file to a plain timm backbone state dict and the ViT to build for it.
 
 Finds the state dict in any supported checkpoint layout, strips the DDP / torch.compile prefixes, maps the
-official APS ViT's names to timm's, picks the encoder of a pretraining file, splits off a classifier head,
-infers the ViT's sizes from the tensor shapes and checks that the tensors fit the ViT asked for.
-:func:`load_weights` does all of it, from a path, URL or released name, and returns a :class:`LoadedWeights`.
+official APS ViT's names to timm's, takes the backbone (and SelfPatch head) out of DINO's and SelfPatch's
+student / teacher wrappers, picks the encoder of a pretraining file, splits off a classifier head, infers the
+ViT's sizes from the tensor shapes and checks that the tensors fit the ViT asked for. :func:`load_weights` does
+all of it, from a path, URL or released name, and returns a :class:`LoadedWeights`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from patchmix.models import ARCHS, build_backbone
 from patchmix.weights.errors import WeightsError, WeightsMismatchError
 from patchmix.weights.fetch import resolve_weights
-from patchmix.weights.registry import METHOD_BACKBONE_OPTIONS, METHOD_HEADS, ReleasedWeights
+from patchmix.weights.registry import METHOD_BACKBONE_OPTIONS, METHOD_HEADS, METHOD_LABELS, ReleasedWeights
 from patchmix.weights.unpickle import read_weights_file
 
 
@@ -63,7 +64,112 @@ def _strip_wrappers(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 # build_backbone's options besides the sizes, with their defaults (PatchMix's ViT). A backbone dict holds an
 # option only when it differs from its default, so PatchMix's dicts keep their six keys.
-BACKBONE_OPTION_DEFAULTS: dict[str, Any] = {"qkv_bias": True, "norm_eps": 1e-6, "pos_embed_cls": True}
+BACKBONE_OPTION_DEFAULTS: dict[str, Any] = {"qkv_bias": True, "norm_eps": 1e-6, "pos_embed_cls": True,
+                                            "selfpatch_head": False}
+
+
+@dataclass
+class _MethodLayout:
+    """A state dict recognised as DINO's or SelfPatch's: the backbone tensors under timm's names (SelfPatch:
+    plus ``ca_head.*``), a classifier head if any, and what was done."""
+
+    state_dict: dict[str, torch.Tensor]
+    head: dict[str, torch.Tensor]
+    method: str     # dino / selfpatch
+    layout: str     # the layout in words
+    notes: list[str]
+
+
+# The heads of the official student / teacher wrappers (MultiCropWrapper): DINO's projection head ``head``;
+# SelfPatch's DINO heads for the image vector (``c_head``) and the patch vectors (``p_head``).
+_PROJECTION_HEADS = ("head.", "c_head.", "p_head.")
+_DINO_HEAD_PARTS = ("head.mlp.", "head.last_layer.")
+
+
+def _dropped(sd: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> str:
+    found = sorted({p for k in sd for p in prefixes if k.startswith(p)})
+    return ", ".join(f"{p}*" for p in found)
+
+
+def _cait_to_selfpatch(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A SelfPatch model exported as timm's CaiT (``cls_token``, ``blocks_token_only.N``, ``norm``, layer scales
+    of 1) back under SelfPatch's names."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        if key.rsplit(".", 1)[-1] in ("gamma_1", "gamma_2"):
+            if not torch.all(value == 1):
+                raise WeightsError(f"{key} is not 1: a CaiT with layer scale is not a SelfPatch model (only a "
+                                   f"SelfPatch model exported as CaiT, layer scales of 1, loads here).")
+            continue
+        if key == "cls_token" or key.startswith("norm."):
+            key = "ca_head." + key
+        elif key.startswith("blocks_token_only."):
+            key = "ca_head.cls_blocks." + key[len("blocks_token_only."):]
+        out[key] = value
+    return out
+
+
+def _dino_to_timm(sd: dict[str, torch.Tensor]) -> _MethodLayout | None:
+    """DINO's and SelfPatch's layouts under timm's names, or None if ``sd`` is in neither.
+
+    * the official student / teacher (``MultiCropWrapper``): ``backbone.*`` (the ViT, timm's names) and DINO's
+      ``head.*``, or SelfPatch's ``ca_head.*`` (the SelfPatch head), ``c_head.*`` and ``p_head.*``: the backbone
+      is kept (with ``ca_head.*``), the projection heads are dropped;
+    * a flat SelfPatch state dict (the ViT's keys and ``ca_head.*``, e.g. ours): projection heads dropped,
+      ``head.*`` kept as a classifier;
+    * a SelfPatch model exported as timm's CaiT by this code (``blocks_token_only.*``);
+    * a flat DINO ViT with its projection head (``head.mlp.*``, ``head.last_layer.*``): the head is dropped.
+    """
+    notes: list[str] = []
+    if any(k.startswith("backbone.") for k in sd) and all(k.startswith(("backbone.", "ca_head.") + _PROJECTION_HEADS)
+                                                           for k in sd):
+        selfpatch = any(k.startswith("ca_head.") for k in sd)
+        out = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+        out.update({k: v for k, v in sd.items() if k.startswith("ca_head.")})
+        dropped = _dropped(sd, _PROJECTION_HEADS)
+        if selfpatch:
+            notes.append("SelfPatch's wrapper: kept backbone.* (as the ViT) and ca_head.* (the SelfPatch head)"
+                         + (f"; dropped {dropped} (its DINO heads for the image and patch vectors)" if dropped else ""))
+            return _MethodLayout(out, {}, "selfpatch", "backbone + SelfPatch head + DINO heads", notes)
+        notes.append("DINO's wrapper: kept backbone.* (the ViT)"
+                     + (f"; dropped {dropped} (the DINO head: projector, not part of the backbone)" if dropped else ""))
+        return _MethodLayout(out, {}, "dino", "backbone + DINO head", notes)
+    if any(k.startswith("blocks_token_only.") for k in sd):
+        notes.append("timm CaiT layout with layer scales of 1 (a SelfPatch model exported by this code): "
+                     "cls_token, blocks_token_only.N, norm -> ca_head.{cls_token, cls_blocks.N, norm}")
+        return _MethodLayout(_cait_to_selfpatch(sd), {}, "selfpatch", "exported as timm CaiT by this code", notes)
+    if "ca_head.cls_token" in sd:
+        out = {k: v for k, v in sd.items() if not k.startswith(_PROJECTION_HEADS)}
+        head = {k: v for k, v in sd.items() if k.startswith("head.")}
+        dropped = _dropped(sd, ("c_head.", "p_head."))
+        if dropped:
+            notes.append(f"dropped {dropped} (SelfPatch's DINO heads: not part of the model)")
+        return _MethodLayout(out, head, "selfpatch", "ViT + SelfPatch head", notes)
+    if "cls_token" in sd and any(k.startswith(_DINO_HEAD_PARTS) for k in sd):
+        out = {k: v for k, v in sd.items() if not k.startswith("head.")}
+        notes.append(f"dropped {_dropped(sd, ('head.',))} (the DINO head: projector, not part of the backbone)")
+        return _MethodLayout(out, {}, "dino", "ViT + DINO head", notes)
+    return None
+
+
+def _is_bare_selfpatch_backbone(sd: dict[str, torch.Tensor]) -> bool:
+    """A ViT without CLS token, final LayerNorm or SelfPatch head: SelfPatch's backbone on its own."""
+    return ("pos_embed" in sd and "patch_embed.proj.weight" in sd and any(k.startswith("blocks.") for k in sd)
+            and not any(k == "cls_token" or k.endswith(".cls_token") for k in sd)
+            and not any(k.startswith(("norm.", "fc_norm.")) for k in sd))
+
+
+def _read_args(content: Any) -> dict[str, Any]:
+    """The ``args`` entry of a DINO / SelfPatch training checkpoint (an ``argparse.Namespace``, which the reader
+    returns as a dict of its plain attributes), else {}."""
+    args = content.get("args") if isinstance(content, dict) else None
+    return args if isinstance(args, dict) else {}
+
+
+def _method_from_file_name(path: Path) -> str:
+    """DINO's released backbones (and this code's DINO exports) are named ``dino_*``: the one rule that gives a
+    plain ViT file a method (for its head count) without a registry entry."""
+    return "dino" if path.name.lower().startswith("dino_") else ""
 
 
 def _aps_to_timm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
@@ -102,7 +208,8 @@ def _aps_to_timm(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
 
 def infer_backbone(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Sizes of a timm ViT read off its tensors: width, depth, patch size, image size (square), MLP ratio,
-    whether the attention has a qkv bias, whether the position table has a row for the CLS token.
+    whether the attention has a qkv bias, whether the position table has a row for the CLS token, whether a
+    SelfPatch head (``ca_head.*``) forms the feature.
 
     ``arch`` is the named size with that width and depth, or None. The number of attention heads cannot be
     read off the shapes (qkv is one D x 3D matrix whatever the split), so it is not returned; nor can the
@@ -127,7 +234,7 @@ def infer_backbone(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
             "img_size": grid * patch if grid * grid == tokens else None,
             "mlp_ratio": float(fc1.shape[0]) / embed_dim if fc1 is not None else None,
             "qkv_bias": "blocks.0.attn.qkv.bias" in state_dict or "blocks.0.attn.qkv.weight" not in state_dict,
-            "pos_embed_cls": pos_embed_cls}
+            "pos_embed_cls": pos_embed_cls, "selfpatch_head": "ca_head.cls_token" in state_dict}
 
 
 def _describe_options(kwargs: dict[str, Any]) -> str:
@@ -138,6 +245,8 @@ def _describe_options(kwargs: dict[str, Any]) -> str:
         parts.append(f"LayerNorm eps {kwargs['norm_eps']:g}")
     if not kwargs.get("pos_embed_cls", True):
         parts.append("no CLS position")
+    if kwargs.get("selfpatch_head", False):
+        parts.append("no CLS token: SelfPatch head over all patch tokens")
     return "; " + ", ".join(parts) if parts else ""
 
 
@@ -167,7 +276,8 @@ class LoadedWeights:
     heads_guessed: bool = False             # num_heads is the architecture's official value, not from the file
     notes: list[str] = field(default_factory=list)
     checkpoint: dict[str, Any] = field(default_factory=dict)  # the file's non-tensor entries (epoch, config ...)
-    method: str = ""                        # the method that trained it, where known: patchmix / aps
+    method: str = ""                        # the method that trained it, where known: patchmix / aps / dino /
+                                            # selfpatch
 
     @property
     def num_classes(self) -> int:
@@ -182,8 +292,7 @@ class LoadedWeights:
         if self.num_classes:
             lines.append(f"  classifier head: {self.num_classes} classes")
         if self.released is not None:
-            lines.append(f"  released: {self.released.name}, reported {self.released.metric} top-1 "
-                         f"{self.released.top1:.1f}")
+            lines.append(f"  released: {self.released.name}, reported {self.released.numbers()}")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -293,12 +402,14 @@ def _check_fit(backbone: dict[str, torch.Tensor], kwargs: dict[str, Any], path: 
             lines.append(f"{label}: {_summarise_keys(keys)}")
     held = dict(inferred)
     arch = held.get("arch")
+    patchmix = method in ("", "patchmix") or method not in METHOD_HEADS
     heads_note = ("attention heads cannot be inferred from tensor shapes" +
-                  (f"; the official value for {arch} is {ARCHS[arch].num_heads}" if arch and method != "aps" else
-                   f"; APS's official value for {arch} is {METHOD_HEADS['aps'][arch]}" if arch else "") +
+                  (f"; the official value for {arch} is {ARCHS[arch].num_heads}" if arch and patchmix else
+                   f"; {METHOD_LABELS[method]}'s official value for {arch} is {METHOD_HEADS[method][arch]}"
+                   if arch else "") +
                   ("; ViT-S uses 12 in the released code and weights, the paper's table says 6"
-                   if arch == "vit_small" and method != "aps" else ""))
-    if not held.get("qkv_bias", True) or not held.get("pos_embed_cls", True):
+                   if arch == "vit_small" and patchmix else ""))
+    if _describe_options(held):
         heads_note += "; " + _describe_options(held)[2:]
     size = f" at {held['img_size']} px" if held.get("img_size") else ""
     name = arch or "a custom ViT"
@@ -328,10 +439,16 @@ def load_weights(source: str, encoder: str = "momentum_encoder", checkpoint_key:
         resolved: the result of :func:`resolve_weights` for ``source``, if already known (skips the lookup).
 
     The architecture comes, in this order, from the arguments, the checkpoint's ``backbone`` entry (ours),
-    the registry (released files) and the tensor shapes; attention heads, which shapes cannot reveal, default
-    to the official value of the architecture (PatchMix: ViT-T 3, ViT-S 12, ViT-B 12; APS: ViT-S 6) and
-    ``heads_guessed`` is set. Official APS files (``pos_embedding``, ``patchify``, ``transformer.N``...) are
-    mapped to timm's names and get APS's ViT options (no qkv bias, LayerNorm eps 1e-5, no CLS position).
+    the registry (released files), the ``args.arch`` of a DINO / SelfPatch training checkpoint and the tensor
+    shapes; attention heads, which shapes cannot reveal, default to the official value of the architecture for
+    the file's method (PatchMix: ViT-T 3, ViT-S 12, ViT-B 12; APS, DINO, SelfPatch: ViT-S 6) and
+    ``heads_guessed`` is set. The method comes from the layout (APS, DINO's and SelfPatch's wrappers, a SelfPatch
+    head), the checkpoint, the registry, or, for a plain ViT file, its name (``dino_*``: DINO's release names).
+    Official APS files (``pos_embedding``, ``patchify``, ``transformer.N``...) are mapped to timm's names and get
+    APS's ViT options (no qkv bias, LayerNorm eps 1e-5, no CLS position). DINO / SelfPatch training checkpoints
+    give the teacher unless ``checkpoint_key="student"``; their projection heads are dropped. SelfPatch models keep
+    their SelfPatch head (``ca_head.*`` in the state dict, ``selfpatch_head=True`` in the backbone arguments):
+    their feature is the head's aggregate of all patch tokens.
     """
     path, released = resolved or resolve_weights(source, weights_dir, cache_dir)
     content, notes = read_weights_file(path, allow_pickle)
@@ -346,22 +463,58 @@ def load_weights(source: str, encoder: str = "momentum_encoder", checkpoint_key:
     stored_method = stored_method if isinstance(stored_method, str) else ""
     plain = _strip_wrappers(sd)
     aps_sd = _aps_to_timm(plain)
-    method = "aps" if aps_sd is not None else stored_method or (released.method if released else "")
-    label = {"patchmix": "PatchMix", "aps": "APS"}.get(stored_method, stored_method or "PatchMix")
-    backbone_sd, head, used_encoder, kind = _split_layout(aps_sd if aps_sd is not None else plain, encoder, path,
-                                                          ours, notes, aps=aps_sd is not None, label=label,
-                                                          momentum_free=method == "aps")
+    layout = _dino_to_timm(plain) if aps_sd is None else None
+    method = ("aps" if aps_sd is not None else layout.method if layout is not None else stored_method
+              or (released.method if released else "") or _method_from_file_name(path))
+    label = METHOD_LABELS.get(stored_method, stored_method or "PatchMix")
+    if layout is not None:
+        backbone_sd, head = layout.state_dict, layout.head
+        used_encoder = used_key if used_key in ("teacher", "student") else ""
+        what = METHOD_LABELS[layout.method]
+        if used_encoder:
+            kind = f"official {what} training checkpoint ({used_encoder}: {layout.layout})"
+            if used_encoder == "teacher" and not checkpoint_key and "student" in content:
+                notes.append(f"the checkpoint holds a student and a teacher: using the teacher, as {what}'s "
+                             f"evaluations do (--checkpoint-key student for the student)")
+        elif ours and "CaiT" not in layout.layout:
+            kind = f"{what} ViT {'classifier ' if head else ''}checkpoint (this code)"
+        else:
+            kind = f"{what} state dict ({layout.layout})"
+        notes += layout.notes
+    else:
+        if _is_bare_selfpatch_backbone(plain):
+            raise WeightsError(
+                f"{path} holds a ViT without CLS token, final LayerNorm or SelfPatch head: SelfPatch's backbone "
+                f"alone. Its image-level feature is formed by the SelfPatch head (ca_head.*: a query token and "
+                f"class-attention blocks over the patch tokens), which this file does not contain; load a file "
+                f"that has it (SelfPatch's training checkpoint.pth, or its teacher / student state dict).")
+        backbone_sd, head, used_encoder, kind = _split_layout(aps_sd if aps_sd is not None else plain, encoder,
+                                                              path, ours, notes, aps=aps_sd is not None, label=label,
+                                                              momentum_free=method == "aps")
+        if method == "dino" and not stored_method and released is None:
+            notes.append(f"DINO's file naming ({path.name}): DINO's head counts are used (its vit_small has 6 "
+                         f"heads; pass --num-heads for another count)")
     if any(k.startswith("module.") for k in sd):
         notes.append("removed the DDP prefix module.")
+    args = _read_args(content) if method in ("dino", "selfpatch") else {}
+    args_arch = str(args.get("arch", "")).replace("deit", "vit")
+    if args_arch and args_arch not in METHOD_HEADS[method]:
+        raise WeightsError(f"{path} is a {METHOD_LABELS[method]} checkpoint of {args['arch']!r} (args.arch); only "
+                           f"its ViTs ({', '.join(METHOD_HEADS[method])}) load here.")
     inferred = infer_backbone(backbone_sd)
+    if args:
+        extra["args"] = args
+        if args_arch and ARCHS[args_arch].embed_dim != inferred["embed_dim"]:
+            notes.append(f"args.arch is {args['arch']!r} ({ARCHS[args_arch].embed_dim}-d) but the tensors are "
+                         f"{inferred['embed_dim']}-d: the head count is not taken from it")
 
     stored = content.get("backbone") if isinstance(content, dict) else None
     kwargs: dict[str, Any] = {"arch": inferred["arch"] or "vit_tiny", "img_size": inferred["img_size"],
                               "patch_size": inferred["patch_size"], "embed_dim": inferred["embed_dim"],
                               "depth": inferred["depth"], "num_heads": 0}
-    # Options: what the tensors show (qkv bias, CLS position), then the method's ViT (the LayerNorm epsilon,
-    # which no tensor shows), then what our checkpoints store.
-    options = {k: inferred[k] for k in ("qkv_bias", "pos_embed_cls")}
+    # Options: what the tensors show (qkv bias, CLS position, SelfPatch head), then the method's ViT (the
+    # LayerNorm epsilon, which no tensor shows), then what our checkpoints store.
+    options = {k: inferred[k] for k in ("qkv_bias", "pos_embed_cls", "selfpatch_head")}
     if method in METHOD_BACKBONE_OPTIONS:
         options.update(METHOD_BACKBONE_OPTIONS[method])
     elif not (stored or method) and not options["qkv_bias"] and not options["pos_embed_cls"]:
@@ -375,6 +528,10 @@ def load_weights(source: str, encoder: str = "momentum_encoder", checkpoint_key:
         options.update({k: stored[k] for k in BACKBONE_OPTION_DEFAULTS if k in stored})
     elif released is not None and released.backbone_kwargs()["embed_dim"] == inferred["embed_dim"]:
         kwargs["num_heads"] = released.num_heads
+    elif args_arch and ARCHS[args_arch].embed_dim == inferred["embed_dim"]:
+        kwargs["num_heads"] = METHOD_HEADS[method][args_arch]
+        notes.append(f"{kwargs['num_heads']} attention heads: the checkpoint's args.arch is {args['arch']!r}, "
+                     f"which has {kwargs['num_heads']} heads in {METHOD_LABELS[method]}'s code")
     official_heads = METHOD_HEADS.get(method or "patchmix", METHOD_HEADS["patchmix"])
     if arch:
         if arch not in ARCHS:
@@ -395,7 +552,8 @@ def load_weights(source: str, encoder: str = "momentum_encoder", checkpoint_key:
                                f"--num-heads.")
         kwargs["num_heads"] = official_heads[kwargs["arch"]]
         heads_guessed = True
-        whose = "APS's official value" if method == "aps" else "the official value"
+        whose = (f"{METHOD_LABELS[method]}'s official value" if method in METHOD_LABELS and method != "patchmix"
+                 else "the official value")
         notes.append(f"attention heads cannot be inferred from tensor shapes: using {kwargs['num_heads']}, {whose} "
                      f"for {kwargs['arch']} (pass --num-heads if the file was trained otherwise)")
     if not kwargs["img_size"]:

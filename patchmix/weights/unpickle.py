@@ -4,11 +4,14 @@
 official linear / fine-tuning ``best.pth`` (a pickled ``nn.Module``). Those go through a restricted unpickler
 instead of being trusted: apart from the globals torch needs to rebuild tensors it resolves nothing, so the
 file's classes are never imported nor built, and the tensors are taken from the module state each placeholder
-recorded. ``allow_pickle`` is the explicit opt-out, for files the user trusts.
+recorded. A pickled ``argparse.Namespace`` (the ``args`` entry of DINO's and SelfPatch's training checkpoints)
+comes back as a dict of its plain attributes, read from what its placeholder recorded, so ``args.arch`` can be
+read without building the object. ``allow_pickle`` is the explicit opt-out, for files the user trusts.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pickle
@@ -108,12 +111,45 @@ def _module_tensors(state: dict, prefix: str, out: dict[str, torch.Tensor]) -> N
             _module_tensors(child_state, f"{prefix}{name}.", out)
 
 
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _plain_value(value: Any) -> Any:
+    """A value made only of strings, numbers, booleans, None, lists and tuples, else its ``repr``."""
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(_plain_value(v) for v in value)
+    return repr(value)
+
+
+def _namespace_dict(obj: Any) -> dict | None:
+    """The attributes of a pickled ``argparse.Namespace`` (DINO's ``args``) as a plain dict, else None.
+
+    The restricted reader never builds the Namespace: its placeholder recorded the attribute dict the pickle
+    carried, and only plain values are kept from it (anything else becomes its ``repr``).
+    """
+    if isinstance(obj, argparse.Namespace):
+        state: Any = vars(obj)
+    elif isinstance(obj, _Placeholder) and obj._origin == "argparse.Namespace":
+        state = obj._state
+    else:
+        return None
+    if not isinstance(state, dict):
+        return None
+    return {str(k): _plain_value(v) for k, v in state.items()}
+
+
 def _to_plain(obj: Any) -> Any:
-    """Replace pickled modules (placeholders or, with --allow-pickle, real ones) by their state dicts."""
+    """Replace pickled modules (placeholders or, with --allow-pickle, real ones) by their state dicts, and
+    pickled ``argparse.Namespace`` objects by dicts of their plain attributes."""
     if isinstance(obj, nn.Module):
         return {k: v.detach() for k, v in obj.state_dict().items()}
     if isinstance(obj, torch.Tensor):
         return obj.detach() if isinstance(obj, nn.Parameter) else obj
+    namespace = _namespace_dict(obj)
+    if namespace is not None:
+        return namespace
     if isinstance(obj, _Placeholder):
         state = _module_state(obj)
         if state is None:
