@@ -15,7 +15,7 @@ from PIL import Image
 from timm.models.vision_transformer import VisionTransformer
 
 import main_video_segmentation
-from patchmix.evaluation import video_segmentation as vs
+from patchmix.evaluation import label_propagation
 from patchmix.evaluation.davis import (
     boundary_map,
     boundary_tolerance,
@@ -162,17 +162,17 @@ def test_neighbourhood_is_a_square_window_of_patches():
 
 def test_the_context_is_the_first_frame_and_the_last_n_frames(monkeypatch):
     calls = []
-    real = vs.propagate
+    real = label_propagation.propagate
 
     def spy(target, sources, labels, allowed, topk, temperature):
         calls.append(sources.clone())
         return real(target, sources, labels, allowed, topk, temperature)
 
-    monkeypatch.setattr(vs, "propagate", spy)
+    monkeypatch.setattr(label_propagation, "propagate", spy)
     torch.manual_seed(0)
     frames = [F.normalize(torch.randn(3, 3, 4), dim=-1) for _ in range(7)]
     labels = F.one_hot(torch.randint(0, 2, (3, 3)), 2).float()
-    outputs = list(vs.propagate_video(frames, labels, n_last_frames=2, radius=12))
+    outputs = list(label_propagation.propagate_video(frames, labels, n_last_frames=2, radius=12))
     assert len(outputs) == 6 and [len(c) for c in calls] == [1, 2, 3, 3, 3, 3]
     for t, sources in enumerate(calls, start=1):
         expected = [frames[0]] + frames[max(1, t - 2):t]
