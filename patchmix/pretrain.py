@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from patchmix.config import ConfigError, config_to_dict
-from patchmix.data import build_dataset, fixed_subset, resumable_loader
+from patchmix.data import build_dataset, fixed_subset, resumable_loader, seed_everything
 from patchmix.distributed import DistInfo, barrier, batch_per_process, wrap_ddp
 from patchmix.engine import LoopSettings, Position, StepOutput, Timer, Trainer, TrainTask, amp_dtype, no_timer
 from patchmix.knn import extract_features, knn_splits, weighted_knn
@@ -24,7 +24,7 @@ from patchmix.models import cls_features
 from patchmix.rundir import prepare_run_dir, versions_line
 from patchmix.schedules import StepValues
 
-__all__ = ["PretrainTask", "run_pretraining", "knn_report"]
+__all__ = ["PretrainTask", "run_pretraining", "build_method", "knn_report"]
 
 
 class PretrainTask(TrainTask):
@@ -76,7 +76,6 @@ def run_pretraining(cfg: PretrainConfig, env: DistInfo) -> dict[str, Any]:
     batch = batch_per_process(cfg.batch_size, env.world_size)
     method_cls.check_config(cfg, batch)
     output_dir, resume_path = prepare_run_dir(cfg, env.is_main)
-    torch.manual_seed(cfg.seed)
 
     if env.is_main and cfg.download:
         build_dataset(cfg.dataset, cfg.data_path, train=True, download=True)
@@ -89,7 +88,7 @@ def run_pretraining(cfg: PretrainConfig, env: DistInfo) -> dict[str, Any]:
     if steps_per_epoch == 0:
         raise ConfigError(f"the training set gives each process {len(sampler)} images, fewer than one batch of "
                           f"{batch}; lower --batch-size or use more data.")
-    method = method_cls.from_config(cfg).to(env.device)
+    method = build_method(cfg, env)
     if cfg.compile:
         method.compile_backbones()
     method, trained = wrap_ddp(method, env.device)
@@ -105,6 +104,21 @@ def run_pretraining(cfg: PretrainConfig, env: DistInfo) -> dict[str, Any]:
     if trainer.fit(start) and cfg.knn_eval:
         return knn_report(cfg, method, env, output_dir)
     return {}
+
+
+def build_method(cfg: PretrainConfig, env: DistInfo) -> PretrainMethod:
+    """The method with the same initial weights on every process, then each process's own random stream.
+
+    The weights come from ``seed`` alone; afterwards torch, numpy and ``random`` are seeded with ``seed + rank``
+    (as in MAE), so that drop-path masks and any other draw of the training step differ across processes instead
+    of repeating the same pattern on every GPU. The augmentations do not use this stream: each image's is a pure
+    function of ``(seed, epoch, index)`` (:class:`patchmix.data.SeededTransformDataset`), and a resumed run puts
+    back every process's saved stream.
+    """
+    seed_everything(cfg.seed)
+    method = get_method(cfg.method).from_config(cfg).to(env.device)
+    seed_everything(cfg.seed + env.rank)
+    return method
 
 
 def print_header(cfg: PretrainConfig, env: DistInfo, method: PretrainMethod, batch: int, steps_per_epoch: int,

@@ -13,19 +13,24 @@ function of the step, so a resumed run continues exactly.
 
 from __future__ import annotations
 
-import random
 from abc import abstractmethod
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn as nn
 from timm.scheduler import CosineLRScheduler
 
 from patchmix.checkpoint import FORMAT_VERSION, save_checkpoint
 from patchmix.config import OPTIM, RUN, ConfigError, EvalConfig, TrainConfig, config_to_dict, configclass
-from patchmix.data import build_splits, eval_transform, num_classes, resumable_loader, standard_crop_pct
+from patchmix.data import (
+    build_splits,
+    eval_transform,
+    num_classes,
+    resumable_loader,
+    seed_everything,
+    standard_crop_pct,
+)
 from patchmix.distributed import DistInfo, batch_per_process
 from patchmix.engine import LoopSettings, Position, StepOutput, Timer, Trainer, TrainTask, amp_dtype, no_timer
 from patchmix.evaluation.common import evaluate, input_size, load_pretrained, test_loader
@@ -45,13 +50,6 @@ class ClassifierConfig(TrainConfig, EvalConfig):
     lr_per_epoch: bool = OPTIM(False, "change the learning rate once per epoch like the official code (default: "
                                "every step)")
     log_freq: int = 20
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch, numpy (timm's Mixup) and random (timm's RandAugment) alike."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    random.seed(seed)
 
 
 class ClassifierTask(TrainTask):
