@@ -313,14 +313,20 @@ class Trainer:
     # -- checkpoints ---------------------------------------------------------------------------------------
 
     def save(self, path: Path, position: Position) -> Path:
-        """Collective: every process contributes its random state; rank 0 writes the file atomically."""
+        """Collective: every process contributes its random state; rank 0 writes the file atomically.
+
+        The weights are stored under ``model`` and, for the official scripts (which read
+        ``checkpoint['state_dict']``), under ``state_dict``: the same dict, which pickle writes once, so the
+        file is not larger.
+        """
         rng = [capture_rng(self.task.generators())]
         if self.env.world_size > 1:
             gathered: list = [None] * self.env.world_size
             dist.all_gather_object(gathered, rng[0])
             rng = gathered
         if self.env.is_main:
-            state = {"format_version": FORMAT_VERSION, "model": self.task.model.state_dict(),
+            weights = self.task.model.state_dict()
+            state = {"format_version": FORMAT_VERSION, "model": weights, "state_dict": weights,
                      "optimizer": self.task.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                      "epoch": position.epoch, "step_in_epoch": position.step_in_epoch,
                      "global_step": position.epoch * self.settings.steps_per_epoch + position.step_in_epoch,

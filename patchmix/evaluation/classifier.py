@@ -136,9 +136,11 @@ class ClassifierTask(TrainTask):
                 self.best_ema = {"top1": ema["top1"], "top5": ema["top5"], "epoch": epoch + 1}
         self.history.append(dict(record))
         if improved and self.env.is_main:
-            save_checkpoint({"format_version": FORMAT_VERSION, "kind": self.kind, "model": self.model.state_dict(),
-                             "epoch": epoch + 1, "top1": metrics["top1"], "num_classes": self.classes,
-                             "backbone": dict(self.loaded.backbone), "config": config_to_dict(self.cfg)},
+            weights = self.model.state_dict()  # also under state_dict, the official key (stored once)
+            save_checkpoint({"format_version": FORMAT_VERSION, "kind": self.kind, "model": weights,
+                             "state_dict": weights, "epoch": epoch + 1, "top1": metrics["top1"],
+                             "num_classes": self.classes, "backbone": dict(self.loaded.backbone),
+                             "config": config_to_dict(self.cfg)},
                             self.output_dir / "best.pth")
 
     def epoch_line(self, record: dict[str, Any], epochs: int) -> str:
