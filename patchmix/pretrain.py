@@ -21,7 +21,8 @@ from patchmix.engine import LoopSettings, Position, StepOutput, Timer, Trainer, 
 from patchmix.knn import extract_features, knn_splits, weighted_knn
 from patchmix.methods import PretrainConfig, PretrainMethod, get_method
 from patchmix.models import cls_features
-from patchmix.rundir import prepare_run_dir, versions_line
+from patchmix.rundir import prepare_run_dir, run_header
+from patchmix.runlog import publish_results
 from patchmix.schedules import StepValues
 
 __all__ = ["PretrainTask", "run_pretraining", "build_method", "knn_report"]
@@ -95,7 +96,8 @@ def run_pretraining(cfg: PretrainConfig, env: DistInfo) -> dict[str, Any]:
     task = PretrainTask(method, trained, cfg, steps_per_epoch)
     dtype = amp_dtype(cfg.amp, env.device)
     settings = LoopSettings(cfg.epochs, steps_per_epoch, batch, cfg.log_freq, cfg.clip_grad, dtype,
-                            cfg.stop_after_steps, cfg.save_freq, name="pretrain", steps_per_batch=steps_per_batch)
+                            cfg.stop_after_steps, cfg.save_freq, name="pretrain", steps_per_batch=steps_per_batch,
+                            wandb_project=cfg.wandb)
     trainer = Trainer(task, loader, sampler, settings, env, output_dir,
                       {"backbone": method.backbone_kwargs(cfg), "method": cfg.method, "config": config_to_dict(cfg)})
     start = trainer.restore(resume_path) if resume_path else Position()
@@ -126,7 +128,7 @@ def print_header(cfg: PretrainConfig, env: DistInfo, method: PretrainMethod, bat
     encoder = method.feature_encoder()
     backbone = sum(p.numel() for n, p in encoder.named_parameters() if not n.startswith("head"))
     trainable = sum(p.numel() for p in method.parameters() if p.requires_grad)
-    print(versions_line(env))
+    print(run_header(cfg, env))
     print(f"amp {dtype or 'off'} | preset {cfg.preset} | method {method.describe(cfg)}")
     print(f"data {cfg.dataset}: {steps_per_epoch} steps/epoch x {cfg.epochs} epochs | batch {cfg.batch_size} "
           f"({batch} per process) | peak lr {peak_lr:.3g} = {cfg.base_lr:g} x {cfg.batch_size}/256")
@@ -156,4 +158,5 @@ def knn_report(cfg: PretrainConfig, method: PretrainMethod, env: DistInfo, outpu
         print(f"\nWeighted kNN (k=20) on {cfg.dataset}, {len(splits.train)} bank / {len(splits.test)} test images:")
         print(f"  learned features:     top-1 {learned:.2f}%")
         print(f"  random-init features: top-1 {baseline:.2f}%")
+    publish_results(cfg, output_dir, {"knn": report}, env.is_main, "pretrain")
     return report

@@ -34,7 +34,8 @@ from patchmix.data import (
 from patchmix.distributed import DistInfo, batch_per_process
 from patchmix.engine import LoopSettings, Position, StepOutput, Timer, Trainer, TrainTask, amp_dtype, no_timer
 from patchmix.evaluation.common import evaluate, input_size, load_pretrained, test_loader
-from patchmix.rundir import prepare_run_dir, versions_line, write_results
+from patchmix.rundir import prepare_run_dir, run_header, write_results
+from patchmix.runlog import publish_results
 from patchmix.schedules import StepValues
 from patchmix.weights import LoadedWeights, build_model
 
@@ -194,6 +195,8 @@ def _summary_line(name: str, last: float, best: dict, epochs: int) -> str:
 def run_classifier(cfg: ClassifierConfig, env: DistInfo, task_class: type[ClassifierTask]) -> dict[str, Any]:
     """Train (or, with ``eval_only``, just evaluate) a classifier; write and return ``results.json``."""
     output_dir, resume_path = prepare_run_dir(cfg, env.is_main, resumable=not cfg.eval_only)
+    if env.is_main:
+        print(run_header(cfg, env))
     loaded = load_pretrained(cfg, env)
     size = input_size(cfg, loaded)
     batch = batch_per_process(cfg.batch_size, env.world_size)
@@ -216,12 +219,11 @@ def run_classifier(cfg: ClassifierConfig, env: DistInfo, task_class: type[Classi
     task = task_class(cfg, loaded, classes, env, steps_per_epoch, tests, output_dir)
     seed_everything(cfg.seed + env.rank)  # the training stream (drop path, Mixup) differs across processes
     settings = LoopSettings(cfg.epochs, steps_per_epoch, batch, cfg.log_freq, cfg.clip_grad, dtype,
-                            cfg.stop_after_steps, name=task.kind)
+                            cfg.stop_after_steps, name=task.kind, wandb_project=cfg.wandb)
     trainer = Trainer(task, loader, sampler, settings, env, output_dir, {"config": config_to_dict(cfg)})
     start = trainer.restore(resume_path) if resume_path else Position()
     if env.is_main:
         trainable = sum(p.numel() for p in task.trainable)
-        print(versions_line(env))
         print(f"{task.title} on {cfg.dataset}: {len(train)} train / {len(test)} test images, {classes} classes, "
               f"{size} px | {steps_per_epoch} steps/epoch x {cfg.epochs} epochs | batch {cfg.batch_size} ({batch} "
               f"per process x {env.world_size}) | peak lr {task.peak_lr:.3g} = {cfg.base_lr:g} x "
@@ -238,6 +240,7 @@ def run_classifier(cfg: ClassifierConfig, env: DistInfo, task_class: type[Classi
         for line in task.summary_lines(results):
             print(line)
         print(f"results: {output_dir / 'results.json'}")
+    publish_results(cfg, output_dir, results, env.is_main, task.kind)
     return results
 
 
@@ -255,4 +258,5 @@ def _evaluate_only(cfg: ClassifierConfig, env: DistInfo, kind: str, loaded: Load
         write_results(output_dir, results)
         print(f"weights evaluated on {cfg.dataset} ({metrics['images']} test images): top-1 {metrics['top1']:.2f}, "
               f"top-5 {metrics['top5']:.2f}")
+    publish_results(cfg, output_dir, results, env.is_main, kind)
     return results

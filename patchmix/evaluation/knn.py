@@ -18,7 +18,8 @@ from patchmix.engine import amp_dtype
 from patchmix.evaluation.common import input_size, load_pretrained
 from patchmix.knn import extract_features, knn_splits, weighted_knn
 from patchmix.models import cls_features
-from patchmix.rundir import prepare_run_dir, write_results
+from patchmix.rundir import prepare_run_dir, run_header, write_results
+from patchmix.runlog import publish_results
 from patchmix.weights import build_model
 
 __all__ = ["KnnConfig", "run_knn"]
@@ -69,6 +70,8 @@ def run_knn(cfg: KnnConfig, env: DistInfo) -> dict[str, Any]:
     """Extract (or load) CLS features of the train and test splits, classify the test split by weighted kNN,
     write ``results.json``; return the results."""
     output_dir, _ = prepare_run_dir(cfg, env.is_main, resumable=False)
+    if env.is_main:
+        print(run_header(cfg, env))
     ks = sorted(set(cfg.nb_knn) | {cfg.headline_k})
     feature_dtype = torch.float16 if cfg.fp16_features else torch.float32
     autocast = amp_dtype(cfg.amp, env.device)
@@ -116,5 +119,6 @@ def run_knn(cfg: KnnConfig, env: DistInfo) -> dict[str, Any]:
             mark = "   <- headline" if k == cfg.headline_k else ""
             print(f"  {k:4d}  {accuracy[k]['top1']:6.2f}  {accuracy[k]['top5']:6.2f}{mark}")
         print(f"results: {output_dir / 'results.json'}")
+    publish_results(cfg, output_dir, results, env.is_main, "knn")
     barrier()
     return results
