@@ -166,6 +166,7 @@ def test_evaluation_results_become_the_wandb_summary(tmp_path, toy_data, offline
     assert run["config"]["nb_knn"] == [10, 20, 100, 200]
 
 
+@pytest.mark.slow  # a fresh interpreter: torch and timm are imported again
 def test_without_the_flag_wandb_is_never_imported(tmp_path, toy_data):
     code = ("import sys, main_pretrain\n"
             f"assert main_pretrain.main({TINY_PRETRAIN + ['--data-path', str(toy_data)]!r} + "
