@@ -122,6 +122,7 @@ def tensorboard_scalars(directory: Path) -> dict[str, dict[int, float]]:
     return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in events.Tags()["scalars"]}
 
 
+@pytest.mark.slow  # starts W&B's writer process twice
 def test_wandb_gets_the_tensorboard_scalars_and_the_config_and_a_resumed_run_continues_it(
         tmp_path, toy_data, offline_wandb):
     out = tmp_path / "run"
