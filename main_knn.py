@@ -20,6 +20,7 @@ Examples:
 (`python -m patchmix.weights list`). The architecture, patch size and resolution are read from the weights.
 The official code's kNN applied a randomly initialised 1000-d linear layer to the CLS token (a bug); this
 script does not reproduce it, under either preset.
+Features are computed in float32 like the official kNN; --amp auto / bf16 / fp16 opts in to autocast.
 """
 
 from __future__ import annotations

@@ -118,6 +118,9 @@ class RunConfig:
     num_workers: int = RUN(8, "data-loading processes per process", run_only=True, at_least=0)
     dist_timeout_minutes: float = RUN(30.0, "how long a process waits for the others before failing",
                                       run_only=True, above=0)
+    wandb: str = RUN("", "also log to this Weights & Biases project (pip install 'patchmix[wandb]'; "
+                     "WANDB_MODE=offline writes the run locally); a resumed run continues the same W&B run",
+                     run_only=True)
 
     dataset: str = DATA("cifar10", "cifar10, cifar100, imagenet (DATA_PATH/train and DATA_PATH/val), folder "
                         "(an ImageFolder tree at DATA_PATH) or fashion_mnist",

@@ -30,7 +30,7 @@ from patchmix.distributed import barrier, is_main_process
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "DATASETS", "DataError", "build_dataset", "num_classes",
            "PatchMixTransform", "eval_transform", "SeededTransformDataset", "ResumableDistributedSampler",
            "FashionMNIST", "fixed_subset", "FASHION_MNIST_DIRS", "resumable_loader",
-           "standard_crop_pct", "build_splits"]
+           "standard_crop_pct", "build_splits", "seed_everything", "sample_seed"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -297,7 +297,9 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return (value ^ (value >> 31)) % 2 ** 63
 
 
-def _seed_all(seed: int) -> None:
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy and Python's ``random`` alike: torchvision draws from torch, timm's
+    RandAugment, RandomErasing and Mixup from ``random`` and numpy."""
     torch.manual_seed(seed)
     np.random.seed(seed % 2 ** 32)
     random.seed(seed)
@@ -324,12 +326,12 @@ class SeededTransformDataset(Dataset):
         image, label = self.dataset[index]
         seed = sample_seed(self.seed, epoch, index)
         if torch.utils.data.get_worker_info() is not None:  # a loader worker: its RNG serves nobody else
-            _seed_all(seed)
+            seed_everything(seed)
             return self.transform(image), label
         # In the training process: torch.manual_seed also reseeds CUDA, so every state is put back.
         states = (torch.get_rng_state(), np.random.get_state(), random.getstate())
         cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-        _seed_all(seed)
+        seed_everything(seed)
         try:
             return self.transform(image), label
         finally:

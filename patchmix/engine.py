@@ -5,7 +5,9 @@ loss, and may act before a step (an EMA teacher), after the backward pass, after
 EMA) and at the end of an epoch (an evaluation). Everything else lives here, once, for all of them:
 
 * the step: schedule, device transfer, autocast, backward through a GradScaler (fp16), optional gradient
-  clipping (the norm is then logged), optimiser step (:func:`train_step`, also used by the benchmark);
+  clipping, optimiser step (:func:`train_step`, also used by the benchmark);
+* what every run logs besides the task's terms: the gradient norm (the one clipping computes, or computed on
+  logged steps only when clipping is off), images per second and, on GPUs, the peak memory;
 * a non-finite loss on any process stops every process at the same step with the same one-line message
   (:class:`NonFiniteLossError`), before the weights are updated;
 * SIGTERM / SIGUSR1 (cluster pre-emption) or a step budget stop every process at the same step boundary; the
@@ -52,7 +54,7 @@ from patchmix.runlog import RunLogger
 from patchmix.schedules import StepValues
 
 __all__ = ["amp_dtype", "StepOutput", "TrainTask", "NonFiniteLossError", "StopFlag", "LoopSettings", "Position",
-           "Trainer", "train_step", "no_timer"]
+           "Trainer", "train_step", "no_timer", "total_gradient_norm", "peak_memory_gib"]
 
 Timer = Callable[[str], contextlib.AbstractContextManager]
 
@@ -137,6 +139,20 @@ class TrainTask(ABC):
         Default: the global norm over :meth:`clip_parameters` (DINO, for one, clips every tensor on its own)."""
         return torch.nn.utils.clip_grad_norm_(self.clip_parameters(), max_norm).item()
 
+    def gradient_norm(self) -> float:
+        """The global norm of the (unscaled) gradients of :meth:`clip_parameters`, logged when nothing clips."""
+        return total_gradient_norm(self.clip_parameters())
+
+
+def total_gradient_norm(parameters: Iterable[torch.nn.Parameter]) -> float:
+    """The L2 norm of all gradients together, as ``clip_grad_norm_`` computes it, without touching them."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return 0.0
+    if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6: the foreach kernels clip_grad_norm_ uses
+        return torch.nn.utils.get_total_norm(grads).item()
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach()) for g in grads])).item()
+
 
 class NonFiniteLossError(RuntimeError):
     """The loss is NaN or infinite on at least one process; every process raises it at the same step."""
@@ -179,11 +195,12 @@ def _check_finite(scalars: dict[str, float], values: StepValues, where: str) -> 
 
 def train_step(task: TrainTask, scaler: torch.amp.GradScaler, batch: Any, step: int, device: torch.device,
                autocast: torch.dtype | None = None, clip_grad: float = 0.0, where: str = "",
-               timer: Timer = no_timer) -> tuple[StepValues, dict[str, float]]:
+               timer: Timer = no_timer, measure_grad_norm: bool = False) -> tuple[StepValues, dict[str, float]]:
     """One optimiser step of ``task``; returns the scheduled values and the logged scalars.
 
-    ``timer(name)`` wraps each part (schedule, data_to_device, forward, backward, optimizer); the task's
-    forward may time sub-parts with it too.
+    ``grad_norm`` (before clipping) is among the scalars when clipping is on (clipping computes it anyway) or
+    when ``measure_grad_norm`` asks for it; it is never computed twice. ``timer(name)`` wraps each part
+    (schedule, data_to_device, forward, backward, optimizer); the task's forward may time sub-parts with it too.
     """
     with timer("schedule"):
         values = task.schedule(step)
@@ -201,9 +218,9 @@ def train_step(task: TrainTask, scaler: torch.amp.GradScaler, batch: Any, step: 
         scaler.scale(output.loss).backward()
         task.after_backward(values)
     with timer("optimizer"):
-        if clip_grad > 0:
-            scaler.unscale_(task.optimizer)
-            scalars["grad_norm"] = task.clip_gradients(clip_grad)
+        if clip_grad > 0 or measure_grad_norm:
+            scaler.unscale_(task.optimizer)  # the true gradients (fp16: unscaled once; the step knows it)
+            scalars["grad_norm"] = task.clip_gradients(clip_grad) if clip_grad > 0 else task.gradient_norm()
         scaler.step(task.optimizer)
         scaler.update()
         task.after_step(step, values)
@@ -265,6 +282,7 @@ class LoopSettings:
     save_freq: int | None = None  # keep checkpoint_EEEE.pth every N epochs and at the end (None: never)
     name: str = "train"  # progress bar label
     steps_per_batch: int = 1  # optimiser steps per loaded batch (TrainTask.substeps)
+    wandb_project: str = ""  # also log to this Weights & Biases project
 
 
 @dataclass(frozen=True)
@@ -277,20 +295,31 @@ class Position:
 
 @dataclass
 class _Meter:
+    """Epoch means of the step scalars; each over the steps that had it (``grad_norm`` without clipping: the
+    logged steps, the same on every process)."""
+
     totals: dict[str, float] = field(default_factory=dict)
-    count: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
 
     def update(self, values: dict[str, float]) -> None:
         for key, value in values.items():
             self.totals[key] = self.totals.get(key, 0.0) + value
-        self.count += 1
+            self.counts[key] = self.counts.get(key, 0) + 1
 
     def averages(self, device: torch.device) -> dict[str, float]:
-        if not self.count:
+        if not self.counts:
             return {}
         keys = sorted(self.totals)
-        values = torch.tensor([self.totals[k] / self.count for k in keys], device=device, dtype=torch.float64)
+        values = torch.tensor([self.totals[k] / self.counts[k] for k in keys], device=device, dtype=torch.float64)
         return dict(zip(keys, all_reduce_mean(values).tolist()))
+
+
+def peak_memory_gib(device: torch.device) -> float | None:
+    """The most GPU memory tensors have held since the last reset (``torch.cuda.max_memory_allocated``), in GiB;
+    None off CUDA."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2 ** 30
 
 
 class Trainer:
@@ -313,14 +342,20 @@ class Trainer:
     # -- checkpoints ---------------------------------------------------------------------------------------
 
     def save(self, path: Path, position: Position) -> Path:
-        """Collective: every process contributes its random state; rank 0 writes the file atomically."""
+        """Collective: every process contributes its random state; rank 0 writes the file atomically.
+
+        The weights are stored under ``model`` and, for the official scripts (which read
+        ``checkpoint['state_dict']``), under ``state_dict``: the same dict, which pickle writes once, so the
+        file is not larger.
+        """
         rng = [capture_rng(self.task.generators())]
         if self.env.world_size > 1:
             gathered: list = [None] * self.env.world_size
             dist.all_gather_object(gathered, rng[0])
             rng = gathered
         if self.env.is_main:
-            state = {"format_version": FORMAT_VERSION, "model": self.task.model.state_dict(),
+            weights = self.task.model.state_dict()
+            state = {"format_version": FORMAT_VERSION, "model": weights, "state_dict": weights,
                      "optimizer": self.task.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                      "epoch": position.epoch, "step_in_epoch": position.step_in_epoch,
                      "global_step": position.epoch * self.settings.steps_per_epoch + position.step_in_epoch,
@@ -368,7 +403,8 @@ class Trainer:
         done = start.epoch
         try:
             with RunLogger(self.output_dir, self.env.is_main, s.epochs * s.steps_per_epoch,
-                           start.epoch * s.steps_per_epoch + start.step_in_epoch, s.name) as log:
+                           start.epoch * s.steps_per_epoch + start.step_in_epoch, s.name, s.wandb_project,
+                           self.extra.get("config")) as log:  # the resolved config every caller saves
                 for epoch in range(start.epoch, s.epochs):
                     first = start.step_in_epoch if epoch == start.epoch else 0
                     self.sampler.set_epoch(epoch)
@@ -403,18 +439,31 @@ class Trainer:
         s = self.settings
         meter = _Meter()
         steps_done, images, tic = first, 0, time.perf_counter()
+        images_per_step = s.batch_per_process * self.env.world_size / s.steps_per_batch  # over all processes
+        window_steps, window_tic = 0, tic  # the steps since the last logged one, for its images/s
         values = None
+        if self.env.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.env.device)  # the peak of this epoch's training
         self.task.train_mode()
         for batch in self.loader:
             parts = self.task.substeps(_to_device(batch, self.env.device))
             for part in parts:
                 step = epoch * s.steps_per_epoch + steps_done
+                logged = (step + 1) % s.log_freq == 0
                 values, scalars = train_step(self.task, self.scaler, part, step, self.env.device, s.autocast,
-                                             s.clip_grad, where=f"epoch {epoch}, step {step} (global)")
+                                             s.clip_grad, where=f"epoch {epoch}, step {step} (global)",
+                                             measure_grad_norm=logged)
                 meter.update(scalars)
                 steps_done += 1
-                if (step + 1) % s.log_freq == 0:
-                    log.scalars(step + 1, {**scalars, **asdict(values)})
+                window_steps += 1
+                if logged:
+                    now = time.perf_counter()  # after the step's .item(): its GPU work is done
+                    speed = {"images_per_second": window_steps * images_per_step / max(now - window_tic, 1e-9)}
+                    memory = peak_memory_gib(self.env.device)
+                    if memory is not None:
+                        speed["peak_memory_gib"] = memory
+                    log.scalars(step + 1, {**scalars, **asdict(values), **speed})
+                    window_steps, window_tic = 0, now
                 log.advance(loss=f"{scalars['loss']:.4f}", lr=f"{values.lr:.2e}")
             images += s.batch_per_process * self.env.world_size
             if stop.step_done(len(parts)) or steps_done >= s.steps_per_epoch:  # between loaded batches only
@@ -422,4 +471,7 @@ class Trainer:
         metrics = meter.averages(self.env.device)
         metrics.update(lr=values.lr if values is not None else 0.0,
                        images_per_second=images / max(time.perf_counter() - tic, 1e-9))
+        memory = peak_memory_gib(self.env.device)
+        if memory is not None:
+            metrics["peak_memory_gib"] = memory
         return metrics, steps_done

@@ -15,16 +15,17 @@ from typing import Any
 import torch
 
 from patchmix.config import ConfigError, config_to_dict
-from patchmix.data import build_dataset, fixed_subset, resumable_loader
+from patchmix.data import build_dataset, fixed_subset, resumable_loader, seed_everything
 from patchmix.distributed import DistInfo, barrier, batch_per_process, wrap_ddp
 from patchmix.engine import LoopSettings, Position, StepOutput, Timer, Trainer, TrainTask, amp_dtype, no_timer
 from patchmix.knn import extract_features, knn_splits, weighted_knn
 from patchmix.methods import PretrainConfig, PretrainMethod, get_method
 from patchmix.models import cls_features
-from patchmix.rundir import prepare_run_dir, versions_line
+from patchmix.rundir import prepare_run_dir, run_header
+from patchmix.runlog import publish_results
 from patchmix.schedules import StepValues
 
-__all__ = ["PretrainTask", "run_pretraining", "knn_report"]
+__all__ = ["PretrainTask", "run_pretraining", "build_method", "knn_report"]
 
 
 class PretrainTask(TrainTask):
@@ -76,7 +77,6 @@ def run_pretraining(cfg: PretrainConfig, env: DistInfo) -> dict[str, Any]:
     batch = batch_per_process(cfg.batch_size, env.world_size)
     method_cls.check_config(cfg, batch)
     output_dir, resume_path = prepare_run_dir(cfg, env.is_main)
-    torch.manual_seed(cfg.seed)
 
     if env.is_main and cfg.download:
         build_dataset(cfg.dataset, cfg.data_path, train=True, download=True)
@@ -89,14 +89,15 @@ def run_pretraining(cfg: PretrainConfig, env: DistInfo) -> dict[str, Any]:
     if steps_per_epoch == 0:
         raise ConfigError(f"the training set gives each process {len(sampler)} images, fewer than one batch of "
                           f"{batch}; lower --batch-size or use more data.")
-    method = method_cls.from_config(cfg).to(env.device)
+    method = build_method(cfg, env)
     if cfg.compile:
         method.compile_backbones()
     method, trained = wrap_ddp(method, env.device)
     task = PretrainTask(method, trained, cfg, steps_per_epoch)
     dtype = amp_dtype(cfg.amp, env.device)
     settings = LoopSettings(cfg.epochs, steps_per_epoch, batch, cfg.log_freq, cfg.clip_grad, dtype,
-                            cfg.stop_after_steps, cfg.save_freq, name="pretrain", steps_per_batch=steps_per_batch)
+                            cfg.stop_after_steps, cfg.save_freq, name="pretrain", steps_per_batch=steps_per_batch,
+                            wandb_project=cfg.wandb)
     trainer = Trainer(task, loader, sampler, settings, env, output_dir,
                       {"backbone": method.backbone_kwargs(cfg), "method": cfg.method, "config": config_to_dict(cfg)})
     start = trainer.restore(resume_path) if resume_path else Position()
@@ -107,12 +108,27 @@ def run_pretraining(cfg: PretrainConfig, env: DistInfo) -> dict[str, Any]:
     return {}
 
 
+def build_method(cfg: PretrainConfig, env: DistInfo) -> PretrainMethod:
+    """The method with the same initial weights on every process, then each process's own random stream.
+
+    The weights come from ``seed`` alone; afterwards torch, numpy and ``random`` are seeded with ``seed + rank``
+    (as in MAE), so that drop-path masks and any other draw of the training step differ across processes instead
+    of repeating the same pattern on every GPU. The augmentations do not use this stream: each image's is a pure
+    function of ``(seed, epoch, index)`` (:class:`patchmix.data.SeededTransformDataset`), and a resumed run puts
+    back every process's saved stream.
+    """
+    seed_everything(cfg.seed)
+    method = get_method(cfg.method).from_config(cfg).to(env.device)
+    seed_everything(cfg.seed + env.rank)
+    return method
+
+
 def print_header(cfg: PretrainConfig, env: DistInfo, method: PretrainMethod, batch: int, steps_per_epoch: int,
                  peak_lr: float, dtype: torch.dtype | None, output_dir: Path) -> None:
     encoder = method.feature_encoder()
     backbone = sum(p.numel() for n, p in encoder.named_parameters() if not n.startswith("head"))
     trainable = sum(p.numel() for p in method.parameters() if p.requires_grad)
-    print(versions_line(env))
+    print(run_header(cfg, env))
     print(f"amp {dtype or 'off'} | preset {cfg.preset} | method {method.describe(cfg)}")
     print(f"data {cfg.dataset}: {steps_per_epoch} steps/epoch x {cfg.epochs} epochs | batch {cfg.batch_size} "
           f"({batch} per process) | peak lr {peak_lr:.3g} = {cfg.base_lr:g} x {cfg.batch_size}/256")
@@ -142,4 +158,5 @@ def knn_report(cfg: PretrainConfig, method: PretrainMethod, env: DistInfo, outpu
         print(f"\nWeighted kNN (k=20) on {cfg.dataset}, {len(splits.train)} bank / {len(splits.test)} test images:")
         print(f"  learned features:     top-1 {learned:.2f}%")
         print(f"  random-init features: top-1 {baseline:.2f}%")
+    publish_results(cfg, output_dir, {"knn": report}, env.is_main, "pretrain")
     return report

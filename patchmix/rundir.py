@@ -17,19 +17,24 @@ from typing import Any
 
 import timm
 import torch
+import torchvision
 
 from patchmix.checkpoint import LATEST_NAME
-from patchmix.config import ConfigError, config_differences, save_config
+from patchmix.config import ConfigError, config_differences, config_to_dict, save_config
 from patchmix.distributed import DistInfo, barrier
+from patchmix.runlog import check_wandb
 
-__all__ = ["prepare_run_dir", "keep_numbered_copy", "write_results", "git_revision", "versions_line"]
+__all__ = ["prepare_run_dir", "keep_numbered_copy", "write_results", "git_revision", "versions_line",
+           "run_header"]
 
 
 def prepare_run_dir(cfg: Any, is_main: bool, resumable: bool = True) -> tuple[Path, Path | None]:
     """Create ``cfg.output_dir``, pick the checkpoint to resume from, save ``config.json``.
 
-    Resumes from ``cfg.resume`` or, when empty, from ``OUTPUT_DIR/checkpoint.pth`` if it exists.
+    Resumes from ``cfg.resume`` or, when empty, from ``OUTPUT_DIR/checkpoint.pth`` if it exists. A missing
+    wandb package for ``--wandb`` is reported here, on every process, before any work.
     """
+    check_wandb(getattr(cfg, "wandb", ""))
     output_dir = Path(cfg.output_dir)
     resume: Path | None = None
     if resumable:
@@ -79,19 +84,29 @@ def write_results(output_dir: Path, results: dict[str, Any]) -> Path:
 
 
 def git_revision() -> str:
-    """The short commit hash of the code, or ``unknown`` outside a git checkout."""
+    """The short commit hash of the code, with ``-dirty`` when files differ from it (a run of uncommitted code
+    cannot be reproduced from the hash alone); ``unknown`` outside a git checkout."""
     try:
         root = Path(__file__).resolve().parent.parent
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=5).stdout.strip() or "unknown"
+        return subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7", "--exclude", "*"], cwd=root,
+                              capture_output=True, text=True, timeout=10).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
 def versions_line(env: DistInfo) -> str:
-    """``patchmix <rev> | torch .. | timm .. | python .. | device`` for the header of every run."""
+    """``patchmix <rev> | torch .. | torchvision .. | timm .. | python .. | device`` for the header of every run;
+    on a GPU the device names its model and the CUDA and cuDNN versions."""
     device = str(env.device)
     if env.device.type == "cuda":
-        device += f" ({torch.cuda.get_device_name(env.device)})"
-    return (f"patchmix {git_revision()} | torch {torch.__version__} | timm {timm.__version__} | python "
-            f"{platform.python_version()} | {device} x {env.world_size} process(es)")
+        device += (f" ({torch.cuda.get_device_name(env.device)}, CUDA {torch.version.cuda}, cuDNN "
+                   f"{torch.backends.cudnn.version()})")
+    return (f"patchmix {git_revision()} | torch {torch.__version__} | torchvision {torchvision.__version__} | timm "
+            f"{timm.__version__} | python {platform.python_version()} | {device} x {env.world_size} process(es)")
+
+
+def run_header(cfg: Any, env: DistInfo) -> str:
+    """What every script prints first: the versions line and the resolved configuration, one sorted
+    ``key: value`` per line, so a log file alone says what ran and how."""
+    settings = config_to_dict(cfg)
+    return "\n".join([versions_line(env), "config:"] + [f"  {key}: {settings[key]}" for key in sorted(settings)])

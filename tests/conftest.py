@@ -49,3 +49,23 @@ TINY_PRETRAIN = ["--config", "demo", "--dataset", "fashion_mnist", "--img-size",
                  "--embed-dim", "32", "--depth", "2", "--num-heads", "2", "--hidden-dim", "64", "--out-dim", "32",
                  "--batch-size", "16", "--epochs", "2", "--warmup-epochs", "1", "--num-workers", "0",
                  "--device", "cpu", "--no-knn-eval", "--log-freq", "1", "--save-freq", "1", "--train-subset", "64"]
+
+
+def assert_run_header(stdout: str, output_dir: Path) -> None:
+    """The header every script prints: the versions line (code revision, library versions, device), then the
+    resolved configuration of ``OUTPUT_DIR/config.json``, one sorted ``key: value`` per line."""
+    import json
+
+    from patchmix.rundir import git_revision
+
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("patchmix "))
+    versions = lines[start]
+    assert versions.startswith(f"patchmix {git_revision()} | torch ") and "| timm " in versions
+    assert "| torchvision " in versions and " process(es)" in versions
+    assert lines[start + 1] == "config:"
+    saved = json.loads((output_dir / "config.json").read_text())
+    shown = lines[start + 2:start + 2 + len(saved)]
+    assert [line.split(":")[0].strip() for line in shown] == sorted(saved)
+    assert all(line == f"  {key}: {saved[key]}" for line, key in zip(shown, sorted(saved))
+               if not isinstance(saved[key], list))

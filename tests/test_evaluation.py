@@ -138,6 +138,8 @@ def test_linear_probe_outputs_resume_and_frozen_backbone(tmp_path, toy_data, pre
     lines = [json.loads(line) for line in (straight / "log.txt").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2] and {"train_loss", "test_top1", "train_lr"} <= set(lines[0])
     assert (straight / "best.pth").is_file() and (straight / "config.json").is_file()
+    best = load(straight / "best.pth")  # the official scripts read checkpoint['state_dict']
+    assert best["state_dict"].keys() == best["model"].keys() == state["state_dict"].keys()
     assert not list(straight.glob(".*tmp*"))
 
     # Interrupted mid-epoch (96 images, batch 16: 6 steps per epoch), then resumed: identical to the

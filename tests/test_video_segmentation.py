@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_run_header
 from evalkit import save_ours, tiny_pretraining_model
 from PIL import Image
 from timm.models.vision_transformer import VisionTransformer
@@ -418,7 +419,9 @@ def test_the_script_writes_results(script_run):
 def test_score_only_rescores_the_written_masks(script_run, tmp_path, capsys):
     out, argv = script_run
     before = json.loads((out / "results.json").read_text())
+    capsys.readouterr()
     assert main_video_segmentation.main(argv + ["--score-only"]) == 0
+    assert_run_header(capsys.readouterr().out, out)
     after = json.loads((out / "results.json").read_text())
     assert after["J&F-Mean"] == before["J&F-Mean"] and after["videos"] == before["videos"]
     # A missing mask is a one-line error.

@@ -13,23 +13,29 @@ function of the step, so a resumed run continues exactly.
 
 from __future__ import annotations
 
-import random
 from abc import abstractmethod
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn as nn
 from timm.scheduler import CosineLRScheduler
 
 from patchmix.checkpoint import FORMAT_VERSION, save_checkpoint
 from patchmix.config import OPTIM, RUN, ConfigError, EvalConfig, TrainConfig, config_to_dict, configclass
-from patchmix.data import build_splits, eval_transform, num_classes, resumable_loader, standard_crop_pct
+from patchmix.data import (
+    build_splits,
+    eval_transform,
+    num_classes,
+    resumable_loader,
+    seed_everything,
+    standard_crop_pct,
+)
 from patchmix.distributed import DistInfo, batch_per_process
 from patchmix.engine import LoopSettings, Position, StepOutput, Timer, Trainer, TrainTask, amp_dtype, no_timer
 from patchmix.evaluation.common import evaluate, input_size, load_pretrained, test_loader
-from patchmix.rundir import prepare_run_dir, versions_line, write_results
+from patchmix.rundir import prepare_run_dir, run_header, write_results
+from patchmix.runlog import publish_results
 from patchmix.schedules import StepValues
 from patchmix.weights import LoadedWeights, build_model
 
@@ -45,13 +51,6 @@ class ClassifierConfig(TrainConfig, EvalConfig):
     lr_per_epoch: bool = OPTIM(False, "change the learning rate once per epoch like the official code (default: "
                                "every step)")
     log_freq: int = 20
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch, numpy (timm's Mixup) and random (timm's RandAugment) alike."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    random.seed(seed)
 
 
 class ClassifierTask(TrainTask):
@@ -138,9 +137,11 @@ class ClassifierTask(TrainTask):
                 self.best_ema = {"top1": ema["top1"], "top5": ema["top5"], "epoch": epoch + 1}
         self.history.append(dict(record))
         if improved and self.env.is_main:
-            save_checkpoint({"format_version": FORMAT_VERSION, "kind": self.kind, "model": self.model.state_dict(),
-                             "epoch": epoch + 1, "top1": metrics["top1"], "num_classes": self.classes,
-                             "backbone": dict(self.loaded.backbone), "config": config_to_dict(self.cfg)},
+            weights = self.model.state_dict()  # also under state_dict, the official key (stored once)
+            save_checkpoint({"format_version": FORMAT_VERSION, "kind": self.kind, "model": weights,
+                             "state_dict": weights, "epoch": epoch + 1, "top1": metrics["top1"],
+                             "num_classes": self.classes, "backbone": dict(self.loaded.backbone),
+                             "config": config_to_dict(self.cfg)},
                             self.output_dir / "best.pth")
 
     def epoch_line(self, record: dict[str, Any], epochs: int) -> str:
@@ -194,6 +195,8 @@ def _summary_line(name: str, last: float, best: dict, epochs: int) -> str:
 def run_classifier(cfg: ClassifierConfig, env: DistInfo, task_class: type[ClassifierTask]) -> dict[str, Any]:
     """Train (or, with ``eval_only``, just evaluate) a classifier; write and return ``results.json``."""
     output_dir, resume_path = prepare_run_dir(cfg, env.is_main, resumable=not cfg.eval_only)
+    if env.is_main:
+        print(run_header(cfg, env))
     loaded = load_pretrained(cfg, env)
     size = input_size(cfg, loaded)
     batch = batch_per_process(cfg.batch_size, env.world_size)
@@ -216,12 +219,11 @@ def run_classifier(cfg: ClassifierConfig, env: DistInfo, task_class: type[Classi
     task = task_class(cfg, loaded, classes, env, steps_per_epoch, tests, output_dir)
     seed_everything(cfg.seed + env.rank)  # the training stream (drop path, Mixup) differs across processes
     settings = LoopSettings(cfg.epochs, steps_per_epoch, batch, cfg.log_freq, cfg.clip_grad, dtype,
-                            cfg.stop_after_steps, name=task.kind)
+                            cfg.stop_after_steps, name=task.kind, wandb_project=cfg.wandb)
     trainer = Trainer(task, loader, sampler, settings, env, output_dir, {"config": config_to_dict(cfg)})
     start = trainer.restore(resume_path) if resume_path else Position()
     if env.is_main:
         trainable = sum(p.numel() for p in task.trainable)
-        print(versions_line(env))
         print(f"{task.title} on {cfg.dataset}: {len(train)} train / {len(test)} test images, {classes} classes, "
               f"{size} px | {steps_per_epoch} steps/epoch x {cfg.epochs} epochs | batch {cfg.batch_size} ({batch} "
               f"per process x {env.world_size}) | peak lr {task.peak_lr:.3g} = {cfg.base_lr:g} x "
@@ -238,6 +240,7 @@ def run_classifier(cfg: ClassifierConfig, env: DistInfo, task_class: type[Classi
         for line in task.summary_lines(results):
             print(line)
         print(f"results: {output_dir / 'results.json'}")
+    publish_results(cfg, output_dir, results, env.is_main, task.kind)
     return results
 
 
@@ -255,4 +258,5 @@ def _evaluate_only(cfg: ClassifierConfig, env: DistInfo, kind: str, loaded: Load
         write_results(output_dir, results)
         print(f"weights evaluated on {cfg.dataset} ({metrics['images']} test images): top-1 {metrics['top1']:.2f}, "
               f"top-5 {metrics['top5']:.2f}")
+    publish_results(cfg, output_dir, results, env.is_main, kind)
     return results

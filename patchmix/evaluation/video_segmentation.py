@@ -73,7 +73,8 @@ from patchmix.evaluation.label_propagation import (
     propagate,
     propagate_video,
 )
-from patchmix.rundir import prepare_run_dir, write_results
+from patchmix.rundir import prepare_run_dir, run_header, write_results
+from patchmix.runlog import publish_results
 from patchmix.weights import build_model
 
 __all__ = ["VideoSegConfig", "PatchTokens", "frame_size", "load_frame", "first_frame_labels", "neighbourhood",
@@ -368,6 +369,8 @@ def run_video_segmentation(cfg: VideoSegConfig, env: DistInfo) -> dict[str, Any]
     if cfg.test_subset:
         videos = videos[: cfg.test_subset]
     output_dir, _ = prepare_run_dir(cfg, env.is_main, resumable=False)
+    if env.is_main:
+        print(run_header(cfg, env))
     weights_info: dict[str, Any] = {}
     extract: PatchTokens | None = None
     if not cfg.score_only:
@@ -430,5 +433,6 @@ def run_video_segmentation(cfg: VideoSegConfig, env: DistInfo) -> dict[str, Any]
         print(f"  {'mean over objects':24s} {_fmt(results['J&F-Mean'])} {_fmt(results['J-Mean'])} "
               f"{_fmt(results['F-Mean'])}")
         print(f"masks: {output_dir}/<video>/*.png; results: {output_dir / 'results.json'}")
+    publish_results(cfg, output_dir, results, env.is_main, "video_segmentation")
     barrier()
     return results
