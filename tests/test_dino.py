@@ -363,3 +363,28 @@ def test_a_run_stopped_mid_epoch_resumes_to_the_identical_weights_and_centre(tmp
         assert torch.equal(value, resumed["model"][key]), key
     lines = [json.loads(line) for line in (tmp_path / "straight" / "log.txt").read_text().splitlines()]
     assert {"train_loss", "train_teacher_entropy", "train_grad_norm"} <= set(lines[0])
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_two_processes_centre_on_the_teacher_outputs_of_both(tmp_path, toy_data):
+    """The centre is all-reduced: two processes of 8 images end where one process of the same 16 images ends
+    (the sampler gives the two ranks the two halves of the single process's batch; per-image augmentation)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    flags = FLAGS + ["--data-path", str(toy_data), "--epochs", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "main_pretrain.py", *flags, "--output-dir", str(tmp_path / "two")], cwd=REPO_ROOT,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert main_pretrain.main(flags + ["--output-dir", str(tmp_path / "one")]) == 0
+    two = torch.load(tmp_path / "two" / "checkpoint.pth", weights_only=True)["model"]
+    one = torch.load(tmp_path / "one" / "checkpoint.pth", weights_only=True)["model"]
+    assert torch.allclose(two["dino_loss.center"], one["dino_loss.center"], rtol=1e-4, atol=1e-6)
+    for key in ("student.backbone.blocks.0.attn.qkv.weight", "teacher.head.mlp.0.weight"):
+        assert torch.allclose(two[key], one[key], rtol=1e-3, atol=1e-5), key

@@ -10,10 +10,10 @@ saturation and hue jitter off (the images are grey), no drop path. The kNN reads
 CONFIG = {
     "method": "dino", "dataset": "fashion_mnist", "img_size": 28, "patch_size": 7,
     "arch": "vit_tiny", "embed_dim": 128, "depth": 6, "num_heads": 4, "drop_path": 0.0,
-    "out_dim": 1024, "hidden_dim": 512, "bottleneck_dim": 128, "momentum_teacher": 0.99,
-    "local_crops_number": 4, "local_crop_size": 14, "global_crops_scale": (0.4, 1.0), "local_crops_scale": (0.1, 0.4),
+    "out_dim": 1024, "hidden_dim": 512, "bottleneck_dim": 128, "use_bn_in_head": True, "momentum_teacher": 0.96,
+    "local_crops_number": 2, "local_crop_size": 14, "global_crops_scale": (0.4, 1.0), "local_crops_scale": (0.1, 0.4),
     "blur_probs": (0.5, 0.1, 0.2), "color_jitter": (0.4, 0.4, 0.0, 0.0), "train_subset": 24000,
-    "epochs": 3, "warmup_epochs": 0.5, "batch_size": 256, "base_lr": 1e-3, "freeze_last_layer": 0,
+    "epochs": 2, "warmup_epochs": 0.25, "batch_size": 128, "base_lr": 2e-3, "freeze_last_layer": 0,
     "num_workers": 2, "save_freq": 1, "log_freq": 5, "output_dir": "output/dino_demo",
     "knn_eval": True, "knn_train_subset": 10000, "knn_test_subset": 2000,
 }
