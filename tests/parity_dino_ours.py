@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
 from patchmix.engine import train_step
+from patchmix.methods import get_method
 from patchmix.methods.dino import DINO, DINOConfig, DINOSchedule
 from patchmix.pretrain import PretrainTask
 
@@ -140,6 +142,26 @@ def summary(tensor: torch.Tensor) -> list[float]:
     return [flat.sum().item(), flat.norm().item(), flat[0].item(), flat[flat.numel() // 2].item(), flat[-1].item()]
 
 
+def check_summaries(ours_tensors: dict[str, torch.Tensor], official: dict[str, list[float]], tol: float,
+                    what: str, skip: frozenset[str] = frozenset()) -> list[str]:
+    """Our tensors against the official ``summary()`` of each: sums within ``tol * sqrt(numel) * L2``, the L2
+    norm and the first, middle and last entries within ``tol * L2``; returns the differences found."""
+    problems = []
+    if set(ours_tensors) != set(official):
+        return [f"{what}: different tensors: {sorted(set(ours_tensors) ^ set(official))}"]
+    for name, expected in official.items():
+        if name in skip:
+            continue
+        got = summary(ours_tensors[name])
+        scale = max(expected[1], 1e-12)
+        bounds = [tol * scale * math.sqrt(ours_tensors[name].numel())] + [tol * scale] * 4
+        for label, g, e, bound in zip(("sum", "L2", "first", "middle", "last"), got, expected, bounds):
+            if not abs(g - e) <= bound:
+                problems.append(f"{what} {name} {label}: ours {g:.9g} official {e:.9g} (|diff| {abs(g - e):.3g} > "
+                                f"{bound:.3g})")
+    return problems
+
+
 def is_buffer(name: str) -> bool:
     return name.endswith(("running_mean", "running_var", "num_batches_tracked", "center"))
 
@@ -150,6 +172,7 @@ def is_buffer(name: str) -> bool:
 class OursResult:
     losses: list[float] = field(default_factory=list)                    # per step
     entropies: list[float] = field(default_factory=list)                 # per step: the logged teacher entropy
+    terms: list[dict[str, float]] = field(default_factory=list)          # per step: every logged scalar
     grads: list[dict[str, torch.Tensor]] = field(default_factory=list)   # per step, as the optimiser gets them
     states: list[dict[str, torch.Tensor]] = field(default_factory=list)  # state dict after every step
     values: list = field(default_factory=list)                           # the scheduled values of every step
@@ -181,21 +204,25 @@ def our_schedule(settings: dict = SCHEDULE_SETTINGS) -> DINOSchedule:
 
 def run_ours(state_dict: dict[str, torch.Tensor], crops: list[torch.Tensor], case: str,
              grad_overrides: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] | None = None,
-             settings: dict = SETTINGS) -> OursResult:
+             settings: dict = SETTINGS, cfg: DINOConfig | None = None,
+             rename: Callable[[str], str] = lambda name: name) -> OursResult:
     """Run OUR real training step (``train_step`` of a ``PretrainTask`` with the DINO method, its optimiser
     groups, schedules, hooks and clipping) ``epochs x steps_per_epoch`` times on the given weights and crops.
 
     ``grad_overrides``: per step, ``{param name: (flat indices, values)}`` written into our gradients just before
     the optimiser step (after recording them), e.g. the official values of the zero-true-gradient entries, so
     that parameters can be compared after steps taken on identical gradients.
+
+    ``cfg``: another method's config (``cfg.method`` picks the method; SelfPatch's parity uses this); ``rename``:
+    parameter name -> the name used in the recorded gradients and in ``grad_overrides`` (e.g. its state-dict key).
     """
-    cfg = our_config(case, settings)
-    model = DINO.from_config(cfg)
+    cfg = cfg if cfg is not None else our_config(case, settings)
+    model = get_method(cfg.method).from_config(cfg)
     missing, unexpected = model.load_state_dict(state_dict, strict=True)
     assert not missing and not unexpected
     task = PretrainTask(model, model, cfg, steps_per_epoch=settings["steps_per_epoch"])
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    names = {id(p): n for n, p in model.named_parameters()}
+    names = {id(p): rename(n) for n, p in model.named_parameters()}
     result = OursResult()
     state = {"step": 0}
 
@@ -219,6 +246,7 @@ def run_ours(state_dict: dict[str, torch.Tensor], crops: list[torch.Tensor], cas
             result.values.append(values)
             result.losses.append(float(scalars["loss"]))
             result.entropies.append(float(scalars["teacher_entropy"]))
+            result.terms.append(dict(scalars))
             result.states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
     finally:
         hook.remove()

@@ -17,9 +17,9 @@ Networks, and the keys of the official training checkpoint (``checkpoint.pth`` o
     dino_loss.center             dino_loss: center
 
 The reusable parts (SelfPatch builds on them): :class:`DINOHead` (with :class:`WeightNormLinear`),
-:class:`MultiCropNetwork` (backbone once per resolution, head once), :class:`DINOLoss` (with its centre),
-:class:`DINOTransform` (multi-crop views), :class:`DINOSchedule` / :class:`DINOStepValues`, :func:`ema_update`,
-:func:`clip_gradients_per_tensor`, :func:`dino_vit_init_`.
+:class:`MultiCropNetwork` (backbone once per resolution, head once; :func:`same_size_runs`), :class:`DINOLoss`
+(with its centre; :func:`update_center_`), :class:`DINOTransform` (multi-crop views), :class:`DINOSchedule` /
+:class:`DINOStepValues`, :func:`ema_update`, :func:`clip_gradients_per_tensor`, :func:`dino_vit_init_`.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from patchmix.schedules import StepValues, cosine, warmup_cosine
 
 __all__ = ["DINOConfig", "DINO", "DINO_HEADS", "DINOHead", "WeightNormLinear", "MultiCropNetwork", "DINOLoss",
            "DINOTransform", "DINOStepValues", "DINOSchedule", "ema_update", "clip_gradients_per_tensor",
-           "dino_vit_init_"]
+           "dino_vit_init_", "same_size_runs", "update_center_"]
 
 # Heads of DINO's ViTs (its vision_transformer.py): ViT-S has 6 (PatchMix's 12). No checkpoint records them.
 DINO_HEADS = {"vit_tiny": 3, "vit_small": 6, "vit_base": 12}
@@ -189,9 +189,10 @@ class DINOHead(nn.Module):
 def dino_vit_init_(vit: VisionTransformer) -> VisionTransformer:
     """DINO's ViT initialisation (its ``vision_transformer.py``): truncated normal (std 0.02) for the position
     table, the CLS token and every Linear weight, zero Linear biases, LayerNorms at (1, 0), and PyTorch's default
-    for the patch-embedding convolution."""
+    for the patch-embedding convolution. A ViT without CLS token (SelfPatch's) is initialised the same way."""
     trunc_normal_(vit.pos_embed, std=0.02)
-    trunc_normal_(vit.cls_token, std=0.02)
+    if vit.cls_token is not None:
+        trunc_normal_(vit.cls_token, std=0.02)
     for module in vit.modules():
         if isinstance(module, nn.Linear):
             trunc_normal_(module.weight, std=0.02)
@@ -202,6 +203,19 @@ def dino_vit_init_(vit: VisionTransformer) -> VisionTransformer:
             nn.init.zeros_(module.bias)
     vit.patch_embed.proj.reset_parameters()
     return vit
+
+
+def same_size_runs(crops: Sequence[torch.Tensor]) -> list[tuple[int, int]]:
+    """``(start, end)`` of every run of consecutive crops of the same size (DINO's multi-crop grouping: the
+    global crops together, the local crops together)."""
+    runs, start = [], 0
+    while start < len(crops):
+        end = start
+        while end < len(crops) and crops[end].shape[-1] == crops[start].shape[-1]:
+            end += 1
+        runs.append((start, end))
+        start = end
+    return runs
 
 
 class MultiCropNetwork(nn.Module):
@@ -219,14 +233,10 @@ class MultiCropNetwork(nn.Module):
 
     def features(self, crops: Sequence[torch.Tensor]) -> torch.Tensor:
         encode = cls_features(self.backbone)
-        features, start = [], 0
-        while start < len(crops):
-            end = start
-            while end < len(crops) and crops[end].shape[-1] == crops[start].shape[-1]:
-                end += 1
+        features = []
+        for start, end in same_size_runs(crops):
             batch = torch.cat(list(crops[start:end])) if end - start > 1 else crops[start]
             features.append(encode(batch))
-            start = end
         return torch.cat(features) if len(features) > 1 else features[0]
 
     def forward(self, crops: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
@@ -250,9 +260,12 @@ class DINOLoss(nn.Module):
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
 
-    def teacher_probabilities(self, teacher_output: torch.Tensor, teacher_temp: float) -> torch.Tensor:
-        """``softmax((t - center) / teacher_temp)`` (float32, no gradient)."""
-        return F.softmax((teacher_output.detach().float() - self.center) / teacher_temp, dim=-1)
+    def teacher_probabilities(self, teacher_output: torch.Tensor, teacher_temp: float,
+                              center: torch.Tensor | None = None) -> torch.Tensor:
+        """``softmax((t - center) / teacher_temp)`` (float32, no gradient); ``center``: another centre than
+        :attr:`center` (SelfPatch's patch centre)."""
+        center = self.center if center is None else center
+        return F.softmax((teacher_output.detach().float() - center) / teacher_temp, dim=-1)
 
     def forward(self, student_output: torch.Tensor, teacher_output: torch.Tensor, teacher_temp: float,
                 num_crops: int, num_teacher_crops: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -274,12 +287,19 @@ class DINOLoss(nn.Module):
     @torch.no_grad()
     def update_center(self, teacher_output: torch.Tensor) -> None:
         """``center <- m * center + (1 - m) * mean of the teacher outputs of every process`` (one all-reduce)."""
-        batch_sum = teacher_output.detach().float().sum(dim=0, keepdim=True)
-        count = teacher_output.shape[0]
-        if is_distributed():
-            dist.all_reduce(batch_sum)
-            count *= get_world_size()
-        self.center.copy_(self.center * self.center_momentum + (batch_sum / count) * (1 - self.center_momentum))
+        update_center_(self.center, teacher_output.detach().float().sum(dim=0, keepdim=True),
+                       teacher_output.shape[0], self.center_momentum)
+
+
+@torch.no_grad()
+def update_center_(center: torch.Tensor, batch_sum: torch.Tensor, count: int, momentum: float) -> None:
+    """``center <- momentum * center + (1 - momentum) * batch_sum / count``, where ``batch_sum`` (a sum of teacher
+    outputs, shaped like ``center``) and ``count`` (how many outputs it sums) are totalled over every process
+    first (one all-reduce)."""
+    if is_distributed():
+        dist.all_reduce(batch_sum)
+        count *= get_world_size()
+    center.copy_(center * momentum + (batch_sum / count) * (1 - momentum))
 
 
 # ----------------------------------------------------------------------------------------------------------

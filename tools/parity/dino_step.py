@@ -82,22 +82,23 @@ OFFICIAL_MODULES = ("main_dino", "utils", "vision_transformer")
 
 # ------------------------------------------------------------------------------------------- official code
 
-def import_official(path: Path) -> dict:
-    """Import ``main_dino``, ``utils`` and ``vision_transformer`` from ``path`` (generic names: our paths are taken
-    off ``sys.path`` meanwhile, and the names are dropped from ``sys.modules`` afterwards; the modules keep their
-    references to each other)."""
+def import_official(path: Path, names: tuple[str, ...] = OFFICIAL_MODULES,
+                    repository: str = "facebookresearch/dino") -> dict:
+    """Import ``main_dino``, ``utils`` and ``vision_transformer`` (or ``names``: the first is the training script)
+    from ``path`` (generic names: our paths are taken off ``sys.path`` meanwhile, and the names are dropped from
+    ``sys.modules`` afterwards; the modules keep their references to each other)."""
     path = path.resolve()
-    if not (path / "main_dino.py").is_file() or not (path / "vision_transformer.py").is_file():
-        raise SystemExit(f"{path} does not look like a checkout of facebookresearch/dino (no main_dino.py).")
+    if not all((path / f"{name}.py").is_file() for name in names):
+        raise SystemExit(f"{path} does not look like a checkout of {repository} (no {names[0]}.py).")
     ours_dirs = {REPO_ROOT.resolve(), (REPO_ROOT / "tests").resolve(), Path(__file__).resolve().parent}
     saved_path = list(sys.path)
-    saved = {k: sys.modules.pop(k) for k in OFFICIAL_MODULES if k in sys.modules}
+    saved = {k: sys.modules.pop(k) for k in names if k in sys.modules}
     sys.path[:] = [str(path)] + [p for p in saved_path if p and Path(p).resolve() not in ours_dirs]
     try:
-        modules = {name: importlib.import_module(name) for name in OFFICIAL_MODULES}
+        modules = {name: importlib.import_module(name) for name in names}
     finally:
         sys.path[:] = saved_path
-        for name in OFFICIAL_MODULES:
+        for name in names:
             sys.modules.pop(name, None)
         sys.modules.update(saved)
     for name, module in modules.items():
