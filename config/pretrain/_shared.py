@@ -72,3 +72,15 @@ DINO_CIFAR = {"method": "dino", "img_size": 32, "patch_size": 2, "epochs": 800, 
 # ViT-S: the README removes the last layer's normalisation for ViT-S only ("only safe with --arch vit_small").
 DINO_CIFAR_VIT_TINY = {"arch": "vit_tiny", "norm_last_layer": True}
 DINO_CIFAR_VIT_SMALL = {"arch": "vit_small", "norm_last_layer": False}
+
+# SelfPatch (alinlab/SelfPatch), built on DINO. main_selfpatch.py's defaults are those of
+# patchmix.methods.selfpatch.SelfPatchConfig: DINO's (above) except 300 epochs, global crops of area (0.25, 1) and
+# local crops of (0.05, 0.25), and SelfPatch's own: a second DINO head of 4096 prototypes for the patch vectors
+# (out_dim_selfpatch), k_num 4 neighbours aggregated per patch, patch loss weight 0.1 (hard-coded in its loss). The
+# README's command adds --arch vit_small --local_crops_number 8 --patch_size 16 --batch_size_per_gpu 128 on 8 GPUs
+# (batch 1024) and repeats --out_dim_selfpatch 4096 --k_num 4.
+SELFPATCH_IMAGENET = {"method": "selfpatch", "dataset": "imagenet", "img_size": 224, "patch_size": 16,
+                      "local_crops_number": 8, "local_crop_size": 96, "save_freq": 10, "num_workers": 10}
+# main_selfpatch.py trains in fp16 with a GradScaler (use_fp16 defaults to true); our default is bf16 where the GPU
+# has it (--amp auto).
+SELFPATCH_OFFICIAL = {"amp": "fp16"}
