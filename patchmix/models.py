@@ -13,13 +13,15 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import LayerNorm
 from timm.models.vision_transformer import VisionTransformer
 
 from patchmix.config import suggest
 from patchmix.selfpatch_head import SelfPatchViT
 
-__all__ = ["ARCHS", "ArchSpec", "arch_spec", "build_backbone", "build_mlp", "cls_features", "encode"]
+__all__ = ["ARCHS", "ArchSpec", "arch_spec", "build_backbone", "build_mlp", "cls_features", "encode",
+           "DINOPositionViT", "DINOPositionSelfPatchViT", "dino_resample_pos_embed"]
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,8 @@ def arch_spec(arch: str, embed_dim: int = 0, depth: int = 0, num_heads: int = 0)
 def build_backbone(arch: str = "vit_small", img_size: int = 224, patch_size: int = 16,
                    drop_path_rate: float = 0.0, embed_dim: int = 0, depth: int = 0,
                    num_heads: int = 0, qkv_bias: bool = True, norm_eps: float = 1e-6,
-                   pos_embed_cls: bool = True, selfpatch_head: bool = False) -> VisionTransformer:
+                   pos_embed_cls: bool = True, selfpatch_head: bool = False,
+                   pos_interpolation: str = "timm") -> VisionTransformer:
     """timm ViT with the official PatchMix settings and MoCo-v3 initialisation, no classifier (``head`` is
     ``Identity``: ``model(x)`` returns the CLS token after the final LayerNorm).
 
@@ -67,6 +70,11 @@ def build_backbone(arch: str = "vit_small", img_size: int = 224, patch_size: int
     ``selfpatch_head``: SelfPatch's ViT, a :class:`patchmix.selfpatch_head.SelfPatchViT` (no CLS token, no final
     LayerNorm, the SelfPatch head ``ca_head`` aggregating all patch tokens into the feature that ``model(x)``
     returns in place of the CLS token).
+
+    ``pos_interpolation`` says how the position table meets inputs of another size (local crops): ``timm``
+    (its resampling, antialiased) or ``dino`` (:class:`DINOPositionViT`, or :class:`DINOPositionSelfPatchViT` with
+    ``selfpatch_head``: DINO's bicubic scaling with the +0.1 offset, as DINO and SelfPatch). It changes no weight
+    and is not stored with the sizes: at the native size both add the table as it is.
     """
     spec = arch_spec(arch, embed_dim, depth, num_heads)
     if img_size % patch_size:
@@ -76,7 +84,14 @@ def build_backbone(arch: str = "vit_small", img_size: int = 224, patch_size: int
         options["norm_layer"] = partial(LayerNorm, eps=float(norm_eps))
     if not pos_embed_cls:
         options["no_embed_class"] = True
-    vit_class = SelfPatchViT if selfpatch_head else VisionTransformer
+    if pos_interpolation not in ("timm", "dino"):
+        raise ValueError(f"pos_interpolation must be 'timm' or 'dino', not {pos_interpolation!r}.")
+    if pos_interpolation == "dino" and not pos_embed_cls and not selfpatch_head:
+        raise ValueError("pos_interpolation='dino' needs a position row for the CLS token (pos_embed_cls=True).")
+    if selfpatch_head:
+        vit_class = DINOPositionSelfPatchViT if pos_interpolation == "dino" else SelfPatchViT
+    else:
+        vit_class = DINOPositionViT if pos_interpolation == "dino" else VisionTransformer
     if not selfpatch_head:
         options["global_pool"] = "token"
     model = vit_class(
@@ -91,6 +106,54 @@ def build_backbone(arch: str = "vit_small", img_size: int = 224, patch_size: int
     nn.init.uniform_(proj.weight, -bound, bound)
     nn.init.zeros_(proj.bias)
     return model
+
+
+def dino_resample_pos_embed(pos_embed: torch.Tensor, rows: int, cols: int, prefix_tokens: int = 1) -> torch.Tensor:
+    """The position table ``(1, prefix_tokens + N, D)`` (the CLS row first, a square grid of ``N`` patches) for a
+    grid of ``rows x cols`` patches, as DINO resamples it: unchanged when the grid is the table's own square grid;
+    otherwise the CLS row is kept and the patch rows are scaled bicubically by ``(rows + 0.1) / sqrt(N)`` and
+    ``(cols + 0.1) / sqrt(N)`` (a scale factor, not a target size: the +0.1 keeps the floor of the output size at
+    ``rows x cols`` despite rounding; sample positions follow from that factor, and there is no antialiasing).
+    ``prefix_tokens=0``: a table of the patch tokens only (SelfPatch's ViT, which resamples it the same way)."""
+    num_patches, dim = pos_embed.shape[1] - prefix_tokens, pos_embed.shape[2]
+    if rows * cols == num_patches and rows == cols:
+        return pos_embed
+    side = math.sqrt(num_patches)
+    grid = pos_embed[:, prefix_tokens:].reshape(1, int(side), int(side), dim).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, scale_factor=((rows + 0.1) / side, (cols + 0.1) / side), mode="bicubic")
+    if tuple(grid.shape[-2:]) != (rows, cols):
+        raise ValueError(f"cannot resample a {int(side)}x{int(side)} position table to {rows}x{cols}.")
+    grid = grid.permute(0, 2, 3, 1).reshape(1, rows * cols, dim)
+    return torch.cat([pos_embed[:, :prefix_tokens], grid], dim=1) if prefix_tokens else grid
+
+
+class DINOPositionViT(VisionTransformer):
+    """timm's ViT whose position table meets other input sizes as in DINO (:func:`dino_resample_pos_embed`)
+    instead of through timm's antialiased resampling. Same parameters and state-dict keys as its base class.
+    Needs ``dynamic_img_size=True``, a CLS token with its own position row, and no register tokens."""
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        if (not self.dynamic_img_size or self.no_embed_class or self.cls_token is None or self.reg_token is not None
+                or self.pos_embed is None):
+            return super()._pos_embed(x)
+        batch, rows, cols, dim = x.shape
+        x = torch.cat([self.cls_token.expand(batch, -1, -1), x.reshape(batch, rows * cols, dim)], dim=1)
+        return self.pos_drop(x + dino_resample_pos_embed(self.pos_embed, rows, cols))
+
+
+class DINOPositionSelfPatchViT(SelfPatchViT):
+    """SelfPatch's ViT (no CLS token) whose position table meets other input sizes as in the official SelfPatch
+    ViT (``interpolate_pos_encoding``: DINO's resampling, :func:`dino_resample_pos_embed`, of a table without a
+    CLS row) instead of through timm's antialiased resampling. Same parameters and state-dict keys as its base
+    class. Needs ``dynamic_img_size=True`` and no register tokens."""
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        if (not self.dynamic_img_size or self.cls_token is not None or self.reg_token is not None
+                or self.pos_embed is None):
+            return super()._pos_embed(x)
+        batch, rows, cols, dim = x.shape
+        table = dino_resample_pos_embed(self.pos_embed, rows, cols, prefix_tokens=0)
+        return self.pos_drop(x.reshape(batch, rows * cols, dim) + table)
 
 
 def build_mlp(num_layers: int, input_dim: int, hidden_dim: int, output_dim: int,

@@ -26,6 +26,7 @@ projections with bias). timm's ``LayerScaleBlockClassAttn`` is not used: the off
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -35,7 +36,7 @@ from timm.layers import Mlp, trunc_normal_
 from timm.models.cait import ClassAttn
 from timm.models.vision_transformer import VisionTransformer
 
-__all__ = ["ClassAttentionBlock", "SelfPatchHead", "SelfPatchViT", "neighbour_index"]
+__all__ = ["ClassAttentionBlock", "SelfPatchHead", "SelfPatchViT", "neighbour_index", "select_neighbours"]
 
 
 class ClassAttentionBlock(nn.Module):
@@ -57,19 +58,26 @@ class ClassAttentionBlock(nn.Module):
         return query + self.mlp(self.norm2(query))
 
 
-def neighbour_index(grid: int, window: int = 3) -> torch.Tensor:
+def neighbour_index(grid: int, window: int = 3, device: torch.device | str | None = None) -> torch.Tensor:
     """For each patch of a ``grid x grid`` map (row-major), the flat indices of the other patches of its
     ``window x window`` neighbourhood, wrapping around the edges (as the official code), in increasing order:
-    a (grid*grid, window*window - 1) tensor."""
+    a (grid*grid, window*window - 1) tensor. Computed once per grid, window and device by tensor arithmetic (the
+    training step asks for it at every call) and shared: do not modify it."""
     if grid < window:
         raise ValueError(f"a {grid}x{grid} patch grid is smaller than the {window}x{window} neighbourhood.")
-    reach = range(-(window // 2), window // 2 + 1)
-    rows = []
-    for i in range(grid * grid):
-        r, c = divmod(i, grid)
-        rows.append(sorted(((r + dr) % grid) * grid + (c + dc) % grid for dr in reach for dc in reach
-                           if (dr, dc) != (0, 0)))
-    return torch.tensor(rows, dtype=torch.long)
+    return _neighbour_index(grid, window, torch.device(device) if device is not None else torch.device("cpu"))
+
+
+@functools.lru_cache(maxsize=32)
+def _neighbour_index(grid: int, window: int, device: torch.device) -> torch.Tensor:
+    reach = torch.arange(window) - window // 2
+    row_step, col_step = (t.flatten() for t in torch.meshgrid(reach, reach, indexing="ij"))
+    others = (row_step != 0) | (col_step != 0)                       # the window without its centre
+    row_step, col_step = row_step[others], col_step[others]          # (M,)
+    patch = torch.arange(grid * grid)
+    rows, cols = patch.div(grid, rounding_mode="floor"), patch % grid   # (N,)
+    index = ((rows[:, None] + row_step) % grid) * grid + (cols[:, None] + col_step) % grid   # (N, M), wrapped
+    return index.sort(dim=1).values.to(device)
 
 
 class SelfPatchHead(nn.Module):
@@ -111,17 +119,29 @@ class SelfPatchHead(nn.Module):
         around the grid edges) whose tokens are most cosine-similar to its own, aggregated by the same blocks and
         query token and normalised: (B, N, D) -> (B, N, D). The official teacher's patch-level targets
         (``SelfPatchHead.forward(x, loc=True)[:, 1:]``); the tokens form a square grid."""
-        batch, count, dim = tokens.shape
-        grid = math.isqrt(count)
-        if grid * grid != count:
-            raise ValueError(f"{count} patch tokens do not form a square grid.")
-        index = neighbour_index(grid, window).to(tokens.device)            # (N, M)
-        unit = F.normalize(tokens, dim=-1)
-        similarity = unit[:, index] @ unit.unsqueeze(-1)                  # (B, N, M, 1)
-        top = similarity.squeeze(-1).topk(k, dim=-1).indices                # (B, N, k)
-        neighbours = tokens[:, index]                                      # (B, N, M, D)
-        chosen = torch.gather(neighbours, 2, top.unsqueeze(-1).expand(-1, -1, -1, dim))
-        return self.norm(self._query(chosen.reshape(batch * count, k, dim))).view(batch, count, dim)
+        return self.aggregate(select_neighbours(tokens, k, window))
+
+    def aggregate(self, groups: torch.Tensor) -> torch.Tensor:
+        """Each group of tokens (B, N, k, D) aggregated into one normalised vector (B, N, D): all groups of all
+        images go through the blocks as one batch."""
+        batch, count, k, dim = groups.shape
+        return self.norm(self._query(groups.reshape(batch * count, k, dim))).view(batch, count, dim)
+
+
+def select_neighbours(tokens: torch.Tensor, k: int, window: int = 3) -> torch.Tensor:
+    """SelfPatch's neighbour matching: for every patch of every image at once, the tokens of the ``k`` patches
+    of its ``window x window`` neighbourhood (wrapping around the grid edges) with the highest cosine similarity
+    to its own token, (B, N, D) -> (B, N, k, D); no loop over patches (one gather of all candidates, one top-k,
+    one gather of the chosen). The tokens form a square grid."""
+    batch, count, dim = tokens.shape
+    grid = math.isqrt(count)
+    if grid * grid != count:
+        raise ValueError(f"{count} patch tokens do not form a square grid.")
+    index = neighbour_index(grid, window, tokens.device)               # (N, M)
+    unit = F.normalize(tokens, dim=-1)
+    similarity = (unit[:, index] @ unit.unsqueeze(-1)).squeeze(-1)     # (B, N, M)
+    top = similarity.topk(k, dim=-1).indices                          # (B, N, k), positions among the M
+    return torch.gather(tokens[:, index], 2, top.unsqueeze(-1).expand(-1, -1, -1, dim))
 
 
 class SelfPatchViT(VisionTransformer):

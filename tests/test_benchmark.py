@@ -82,3 +82,49 @@ def test_aps_is_measured_with_its_samplings(tmp_path, capsys):
     assert results["fuse_backbone"] is None and "per_batch" in results["part_share_percent"]  # the sampling
     view = benchmark.vit_forward_flops(32, 2, 16, 4, 64, 32, 3, 3, tokens=4 + 1)  # 4 of 16 patches + CLS
     assert results["gflops_per_image"] == pytest.approx(3 * 2 * view * 2 / 1e9)
+
+
+def test_selfpatch_is_measured_with_its_neighbour_matching_and_counted_like_torch_counts(tmp_path):
+    """The FLOP count of a SelfPatch step (student on every crop with its patch head, teacher with the neighbour
+    matching and aggregation of every patch) is torch's operator-level count of the same step (attention as plain
+    matrix products, which torch counts) plus the input gradient of the patch embedding, which the count's
+    "backward = 2 x forward" includes and no step computes."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread is fastest, and immune to other jobs on the same cores
+    try:
+        _selfpatch_benchmark_and_flops(tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _selfpatch_benchmark_and_flops(tmp_path):
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from patchmix.config import parse_config
+    from patchmix.methods import SelfPatch, SelfPatchConfig
+    from patchmix.methods.dino import DINOStepValues
+
+    tiny = ["--config", "selfpatch_demo", "--img-size", "16", "--patch-size", "4", "--embed-dim", "32", "--depth",
+            "2", "--num-heads", "2", "--hidden-dim", "32", "--bottleneck-dim", "16", "--out-dim", "64",
+            "--out-dim-selfpatch", "32", "--local-crop-size", "12", "--batch-size", "4", "--num-workers", "0",
+            "--device", "cpu"]
+    out = tmp_path / "selfpatch.json"
+    assert benchmark.main(["--steps", "1", "--warmup", "1", "--json", str(out), *tiny]) == 0
+    results = json.loads(out.read_text())
+    assert results["method"] == "selfpatch"
+    assert {"neighbour_matching", "neighbour_aggregation", "teacher", "student"} <= set(results["part_share_percent"])
+    cfg = parse_config(SelfPatchConfig, tiny, "pretrain", "")
+    model = SelfPatch.from_config(cfg)
+    for module in model.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = False
+    views = [torch.randn(4, 3, 16, 16)] * 2 + [torch.randn(4, 3, 12, 12)] * cfg.local_crops_number
+    with FlopCounterMode(display=False) as counter:
+        model(views, DINOStepValues(1e-3, 0.04, 0.99, 0.04, False)).loss.backward()
+    counted = benchmark.step_flops_per_image(cfg)
+    assert results["gflops_per_image"] == pytest.approx(counted / 1e9)
+    patch_embedding = sum(2.0 * (size // 4) ** 2 * 3 * 4 * 4 * 32 for size in (16, 16, 12, 12))
+    assert counter.get_total_flops() / 4 == pytest.approx(counted - patch_embedding, rel=1e-9)

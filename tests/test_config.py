@@ -11,7 +11,7 @@ from patchmix.config import ConfigError, parse_config, recipe_names, save_config
 from patchmix.methods import PatchMixConfig
 
 RECIPES = recipe_names("pretrain")
-PATCHMIX_RECIPES = [name for name in RECIPES if not name.startswith("aps_")]
+PATCHMIX_RECIPES = [name for name in RECIPES if not name.startswith(("aps_", "dino_", "selfpatch_"))]
 APS_RECIPES = [name for name in RECIPES if name.startswith("aps_")]
 
 

@@ -10,6 +10,7 @@ pretraining config and override works:
   python tools/benchmark.py --config cifar10_vit_tiny --batch-size 512 --amp bf16 --data synthetic
   python tools/benchmark.py --config imagenet_vit_small --batch-size 128 --amp bf16 --compile --data synthetic
   python tools/benchmark.py --config aps_cifar10_vit_tiny --batch-size 64 --device cpu   # APS
+  python tools/benchmark.py --config selfpatch_imagenet_vit_small --batch-size 4 --device cpu   # SelfPatch, ViT-S/16
 
 For PatchMix, unless the command sets --fuse-backbone or --no-fuse-backbone, both ways of running the backbone
 are measured (fused: one backbone call per encoder on all its same-resolution inputs; unfused: one call per
@@ -58,7 +59,14 @@ from patchmix.data import build_dataset, fixed_subset, resumable_loader  # noqa:
 from patchmix.distributed import pick_device  # noqa: E402
 from patchmix.engine import amp_dtype, no_timer, train_step  # noqa: E402
 from patchmix.loss import LossWeights, needed_encodings  # noqa: E402
-from patchmix.methods import APSConfig, PatchMixConfig, PretrainConfig, get_method  # noqa: E402
+from patchmix.methods import (  # noqa: E402
+    APSConfig,
+    DINOConfig,
+    PatchMixConfig,
+    PretrainConfig,
+    SelfPatchConfig,
+    get_method,
+)
 from patchmix.models import arch_spec  # noqa: E402
 from patchmix.pretrain import PretrainTask  # noqa: E402
 
@@ -81,6 +89,41 @@ def vit_forward_flops(embed_dim: int, depth: int, img_size: int, patch_size: int
     return 2.0 * (patch_embed + depth * per_block + head + predictor)
 
 
+def dino_head_flops(embed_dim: int, hidden_dim: int, bottleneck_dim: int, out_dim: int, layers: int) -> float:
+    """Forward FLOPs of DINO's head on one vector: the MLP to the bottleneck, then the last layer."""
+    mlp = embed_dim * hidden_dim + (layers - 2) * hidden_dim ** 2 + hidden_dim * bottleneck_dim
+    return 2.0 * (mlp + bottleneck_dim * out_dim)
+
+
+def class_attention_flops(embed_dim: int, tokens: int, blocks: int = 2) -> float:
+    """Forward FLOPs of the SelfPatch head aggregating ``tokens`` tokens into one vector: per block the query
+    projection, key and value projections of the query and the tokens, the attention, the output projection and
+    the MLP of the query."""
+    d, keys = embed_dim, tokens + 1
+    return 2.0 * blocks * (d * d + 2 * keys * d * d + 2 * keys * d + d * d + 8 * d * d)
+
+
+def dino_step_flops_per_image(cfg: DINOConfig, spec) -> float:
+    """DINO and SelfPatch: the student on every crop (forward + backward), the teacher without gradient (DINO: on
+    the 2 global crops; SelfPatch: on every crop, with the neighbour matching and aggregation of every patch)."""
+    d = spec.embed_dim
+    head = dino_head_flops(d, cfg.hidden_dim, cfg.bottleneck_dim, cfg.out_dim, cfg.head_layers)
+    sizes = [cfg.img_size] * 2 + [cfg.local_crop_size] * cfg.local_crops_number
+    if not isinstance(cfg, SelfPatchConfig):
+        def crop(size: int) -> float:
+            return vit_forward_flops(d, spec.depth, size, cfg.patch_size, 0, 0, 2) + head
+        return 3.0 * sum(crop(size) for size in sizes) + sum(crop(size) for size in sizes[:2])
+    patch_head = dino_head_flops(d, cfg.hidden_dim, cfg.bottleneck_dim, cfg.out_dim_selfpatch, cfg.head_layers)
+    student = teacher = 0.0
+    for size in sizes:
+        patches = (size // cfg.patch_size) ** 2
+        shared = (vit_forward_flops(d, spec.depth, size, cfg.patch_size, 0, 0, 2, tokens=patches)
+                  + class_attention_flops(d, patches) + head + patches * patch_head)
+        student += shared
+        teacher += shared + patches * (2.0 * 8 * d + class_attention_flops(d, cfg.k_num))
+    return 3.0 * student + teacher
+
+
 def _spec(cfg: PretrainConfig):
     return arch_spec(cfg.arch, cfg.embed_dim, cfg.depth, get_method(cfg.method).backbone_kwargs(cfg)["num_heads"])
 
@@ -88,7 +131,7 @@ def _spec(cfg: PretrainConfig):
 def step_flops_per_image(cfg: PretrainConfig) -> float:
     """FLOPs of one loaded batch per image: forward + backward (3x forward) of every pass with gradient, forward
     of every pass without (PatchMix: from the passes the active loss terms need; APS: 2 views of k + 1 tokens,
-    ``nsampling`` times)."""
+    ``nsampling`` times; DINO and SelfPatch: :func:`dino_step_flops_per_image`)."""
     spec = _spec(cfg)
     if isinstance(cfg, APSConfig):
         cells = (cfg.img_size // cfg.patch_size) ** 2
@@ -96,6 +139,8 @@ def step_flops_per_image(cfg: PretrainConfig) -> float:
         view = vit_forward_flops(spec.embed_dim, spec.depth, cfg.img_size, cfg.patch_size, cfg.hidden_dim,
                                  cfg.out_dim, 3, 3, tokens=tokens)
         return 3.0 * 2 * view * cfg.nsampling
+    if isinstance(cfg, DINOConfig):
+        return dino_step_flops_per_image(cfg, spec)
     if not isinstance(cfg, PatchMixConfig):
         raise NotImplementedError(f"no FLOP count for method {cfg.method!r} yet")
     weights = LossWeights(cfg.o2o_weight, cfg.m2o_weight, cfg.m2m_weight, cfg.local_o2o_weight,

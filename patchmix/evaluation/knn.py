@@ -112,8 +112,11 @@ def run_knn(cfg: KnnConfig, env: DistInfo) -> dict[str, Any]:
         write_results(output_dir, results)
         source = weights_info.get("source", "?") if isinstance(weights_info, dict) else "?"
         encoder = weights_info.get("encoder", "") if isinstance(weights_info, dict) else ""
+        # SelfPatch's ViT has no CLS token: its feature is the SelfPatch head's aggregate of the patch tokens
+        backbone = weights_info.get("backbone", {}) if isinstance(weights_info, dict) else {}
+        feature = "SelfPatch image vector" if backbone.get("selfpatch_head") else "CLS token"
         print(f"\nWeighted kNN (T={cfg.temperature}) on {cfg.dataset}: {bank} bank / {tests} test images; "
-              f"features: CLS token of {encoder + ' of ' if encoder else ''}{source}")
+              f"features: {feature} of {encoder + ' of ' if encoder else ''}{source}")
         print("     k   top-1   top-5")
         for k in ks:
             mark = "   <- headline" if k == cfg.headline_k else ""

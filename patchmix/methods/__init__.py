@@ -9,14 +9,18 @@ from __future__ import annotations
 from patchmix.config import ConfigError, suggest
 from patchmix.methods.aps import APS, APSConfig
 from patchmix.methods.base import PretrainConfig, PretrainMethod
+from patchmix.methods.dino import DINO, DINOConfig
 from patchmix.methods.patchmix import PatchMix, PatchMixConfig
+from patchmix.methods.selfpatch import SelfPatch, SelfPatchConfig
 
 __all__ = ["METHODS", "get_method", "PretrainConfig", "PretrainMethod", "PatchMix", "PatchMixConfig", "APS",
-           "APSConfig"]
+           "APSConfig", "DINO", "DINOConfig", "SelfPatch", "SelfPatchConfig"]
 
 METHODS: dict[str, type[PretrainMethod]] = {
     PatchMix.name: PatchMix,  # MoCo v3 is PatchMix with num_mix = 1
     APS.name: APS,
+    DINO.name: DINO,
+    SelfPatch.name: SelfPatch,
 }
 
 

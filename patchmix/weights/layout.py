@@ -152,6 +152,16 @@ def _dino_to_timm(sd: dict[str, torch.Tensor]) -> _MethodLayout | None:
     return None
 
 
+def _our_network(sd: dict[str, torch.Tensor], encoder: str) -> tuple[dict[str, torch.Tensor], str]:
+    """This code's DINO / SelfPatch pretraining state (``student.*``, ``teacher.*``, ``dino_loss.*``): the keys of
+    one network without its prefix (the official wrapper's layout), the teacher unless ``encoder`` is
+    ``student``; and which. Any other state dict is returned as it is, with ""."""
+    if not (any(k.startswith("teacher.") for k in sd) and any(k.startswith("student.") for k in sd)):
+        return sd, ""
+    chosen = "student" if encoder == "student" else "teacher"
+    return {k[len(chosen) + 1:]: v for k, v in sd.items() if k.startswith(chosen + ".")}, chosen
+
+
 def _is_bare_selfpatch_backbone(sd: dict[str, torch.Tensor]) -> bool:
     """A ViT without CLS token, final LayerNorm or SelfPatch head: SelfPatch's backbone on its own."""
     return ("pos_embed" in sd and "patch_embed.proj.weight" in sd and any(k.startswith("blocks.") for k in sd)
@@ -461,7 +471,7 @@ def load_weights(source: str, encoder: str = "momentum_encoder", checkpoint_key:
             extra["config"] = content["config"]
     stored_method = content.get("method", "") if isinstance(content, dict) else ""
     stored_method = stored_method if isinstance(stored_method, str) else ""
-    plain = _strip_wrappers(sd)
+    plain, network = _our_network(_strip_wrappers(sd), encoder) if ours else (_strip_wrappers(sd), "")
     aps_sd = _aps_to_timm(plain)
     layout = _dino_to_timm(plain) if aps_sd is None else None
     method = ("aps" if aps_sd is not None else layout.method if layout is not None else stored_method
@@ -469,9 +479,14 @@ def load_weights(source: str, encoder: str = "momentum_encoder", checkpoint_key:
     label = METHOD_LABELS.get(stored_method, stored_method or "PatchMix")
     if layout is not None:
         backbone_sd, head = layout.state_dict, layout.head
-        used_encoder = used_key if used_key in ("teacher", "student") else ""
+        used_encoder = used_key if used_key in ("teacher", "student") else network
         what = METHOD_LABELS[layout.method]
-        if used_encoder:
+        if network:
+            kind = f"{what} pretraining checkpoint (this code; {network}: {layout.layout})"
+            if network == "teacher" and encoder != "teacher":
+                notes.append(f"the checkpoint holds a student and a teacher: using the teacher, as {what}'s "
+                             f"evaluations do (--encoder student for the student)")
+        elif used_encoder:
             kind = f"official {what} training checkpoint ({used_encoder}: {layout.layout})"
             if used_encoder == "teacher" and not checkpoint_key and "student" in content:
                 notes.append(f"the checkpoint holds a student and a teacher: using the teacher, as {what}'s "
