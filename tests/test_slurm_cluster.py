@@ -1,0 +1,162 @@
+"""The launcher on a real SLURM: a one-node cluster on this machine (munged, slurmctld and slurmd from Debian's
+``slurm-wlm`` and ``munge`` packages, started by the test with their own configuration, key and ports).
+
+A pretraining job submitted with ``python -m patchmix.slurm`` is requeued twice while it trains, once by
+``scontrol requeue`` (what a pre-emption in requeue mode does: SIGTERM to every process) and once by submitit's
+time-limit signal (``scancel --signal USR2``: the launcher stops the training, submitit requeues the job); it ends
+with the weights of an uninterrupted run. Skipped when SLURM is not installed or not started as root.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO_ROOT, TINY_PRETRAIN, make_fashion_like
+
+from patchmix import slurm
+from patchmix.checkpoint import load_checkpoint
+
+pytestmark = [pytest.mark.slow, pytest.mark.faults]
+
+DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "sinfo", "scancel")
+# 512 toy images, batch 16: 32 steps per epoch, 6 epochs: long enough to be interrupted twice.
+LONG_RUN = TINY_PRETRAIN + ["--train-subset", "512", "--epochs", "6"]
+
+
+def which(name: str) -> str | None:
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def slurm_conf(root: Path, host: str) -> str:
+    """A one-node cluster: no accounting, no cgroup confinement, processes tracked by parent id."""
+    return "\n".join([
+        "ClusterName=patchmixtest", f"SlurmctldHost={host}", "SlurmUser=root", "AuthType=auth/munge",
+        f"AuthInfo=socket={root}/munge.socket", f"SlurmctldPort={free_port()}", f"SlurmdPort={free_port()}",
+        "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "SelectType=select/cons_tres",
+        "SelectTypeParameters=CR_Core", f"StateSaveLocation={root}/state", f"SlurmdSpoolDir={root}/spool",
+        f"SlurmctldPidFile={root}/slurmctld.pid", f"SlurmdPidFile={root}/slurmd.pid",
+        f"SlurmctldLogFile={root}/slurmctld.log", f"SlurmdLogFile={root}/slurmd.log",
+        "AccountingStorageType=accounting_storage/none", "JobCompType=jobcomp/none",
+        "JobAcctGatherType=jobacct_gather/none", "MpiDefault=none", "ReturnToService=2", "JobRequeue=1",
+        "KillWait=30", f"NodeName={host} CPUs={os.cpu_count()} State=UNKNOWN",
+        "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP", ""])
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    missing = [name for name in DAEMONS if which(name) is None]
+    if missing:
+        pytest.skip(f"SLURM is not installed ({', '.join(missing)} not found; apt-get install slurm-wlm munge)")
+    if os.geteuid() != 0:
+        pytest.skip("slurmd must run as root to start jobs")
+    root = Path(tempfile.mkdtemp(prefix="slurm", dir="/tmp"))  # short: a socket path is at most 107 bytes
+    for sub in ("state", "spool"):
+        (root / sub).mkdir()
+    host = socket.gethostname().split(".")[0]
+    conf = root / "slurm.conf"
+    conf.write_text(slurm_conf(root, host))
+    (root / "cgroup.conf").write_text("CgroupPlugin=cgroup/v1\nCgroupAutomount=no\n")
+    subprocess.run([which("mungekey"), "--create", f"--keyfile={root}/munge.key"], check=True)
+    saved = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(conf)  # every client (sbatch, squeue, srun in the job) reads this cluster
+    daemons = [subprocess.Popen([which("munged"), "--foreground", "--force", f"--socket={root}/munge.socket",
+                                 f"--key-file={root}/munge.key", f"--log-file={root}/munged.log",
+                                 f"--pid-file={root}/munged.pid", f"--seed-file={root}/munged.seed"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)]
+    time.sleep(1)
+    for daemon in ("slurmctld", "slurmd"):
+        daemons.append(subprocess.Popen([which(daemon), "-D", "-f", str(conf)], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.STDOUT))
+    try:
+        deadline = time.time() + 60
+        state = ""
+        while time.time() < deadline and state != "idle":
+            time.sleep(1)
+            state = subprocess.run([which("sinfo"), "-h", "-o", "%t"], capture_output=True, text=True).stdout.strip()
+        if state != "idle":
+            logs = " | ".join(p.read_text().strip().splitlines()[-1] for p in sorted(root.glob("*.log"))
+                              if p.read_text().strip())
+            pytest.skip(f"the one-node SLURM did not come up (node state {state!r}): {logs}")
+        yield root
+    finally:
+        for process in reversed(daemons):
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if saved is None:
+            del os.environ["SLURM_CONF"]
+        else:
+            os.environ["SLURM_CONF"] = saved
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def job_state(job_id: str) -> str:
+    return subprocess.run([which("squeue"), "-h", "-j", job_id, "-o", "%t"], capture_output=True,
+                          text=True).stdout.strip()
+
+
+def wait_for(condition, what: str, timeout: float = 180.0) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            raise TimeoutError(f"waited {timeout:.0f} s for {what}")
+        time.sleep(0.1)
+
+
+def log_lines(out: Path) -> int:
+    path = out / "log.txt"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def start_again_now(job_id: str) -> None:
+    """Wait until the requeued job is pending, then skip SLURM's two-minute delay before a requeued job may
+    start."""
+    wait_for(lambda: job_state(job_id) == "PD", "the job to be requeued")
+    subprocess.run([which("scontrol"), "update", f"JobId={job_id}", "StartTime=now"], check=True)
+
+
+def test_requeued_twice_on_a_real_slurm_and_ends_with_the_uninterrupted_weights(cluster, tmp_path, monkeypatch):
+    pytest.importorskip("submitit")
+    data = make_fashion_like(tmp_path / "data", train=512, test=16)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # one thread: bit-reproducible runs
+    reference = tmp_path / "reference"
+    subprocess.run([sys.executable, "main_pretrain.py", *LONG_RUN, "--data-path", str(data), "--output-dir",
+                    str(reference)], cwd=REPO_ROOT, check=True, capture_output=True, timeout=300)
+
+    out = tmp_path / "job"
+    job = slurm.submit("pretrain", [*LONG_RUN, "--data-path", str(data), "--output-dir", str(out)],
+                       slurm.Resources(timeout_min=10, signal_delay_s=60), executor="slurm")
+    wait_for(lambda: log_lines(out) >= 1, "the first epoch")
+    subprocess.run([which("scontrol"), "requeue", job.job_id], check=True)  # SIGTERM, then requeued by SLURM
+    start_again_now(job.job_id)
+    wait_for(lambda: log_lines(out) >= 3, "two more epochs")
+    subprocess.run([which("scancel"), "--signal=USR2", job.job_id], check=True)  # submitit's time-limit signal
+    start_again_now(job.job_id)
+    wait_for(lambda: job.paths.result_pickle.exists() and job_state(job.job_id) in ("CD", ""), "the end of the job")
+
+    assert job.result() == {"output_dir": str(out), "results": None}
+    log = job.stdout()
+    assert log.count("Stopped (received SIGTERM)") == 2 and log.count("Resumed from") == 2
+    assert "pre-emption or time limit: stopping the training" in log and "Requeued job" in log
+    final, straight = load_checkpoint(out / "checkpoint.pth"), load_checkpoint(reference / "checkpoint.pth")
+    assert (final["epoch"], final["step_in_epoch"]) == (6, 0)
+    for key in straight["model"]:
+        assert torch.equal(final["model"][key], straight["model"][key]), key
