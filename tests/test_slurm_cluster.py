@@ -160,3 +160,35 @@ def test_requeued_twice_on_a_real_slurm_and_ends_with_the_uninterrupted_weights(
     assert (final["epoch"], final["step_in_epoch"]) == (6, 0)
     for key in straight["model"]:
         assert torch.equal(final["model"][key], straight["model"][key]), key
+
+
+def test_the_sbatch_example_runs_two_processes_and_requeues_itself_before_the_time_limit(cluster, tmp_path,
+                                                                                        monkeypatch):
+    data = make_fashion_like(tmp_path / "data", train=512, test=16)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    flags = [*LONG_RUN, "--data-path", str(data)]
+    reference = tmp_path / "reference"
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    "main_pretrain.py", *flags, "--output-dir", str(reference)], cwd=REPO_ROOT, check=True,
+                   capture_output=True, timeout=300)
+
+    out, log = tmp_path / "job", tmp_path / "job.out"
+    # two processes on this CPU-only node; the example's other settings as they are
+    submitted = subprocess.run([which("sbatch"), "--parsable", "--ntasks-per-node=2", "--gpus-per-node=0",
+                                "--cpus-per-task=1", "--time=10", f"--output={log}", "tools/slurm/pretrain.sbatch",
+                                *flags, "--output-dir", str(out)], cwd=REPO_ROOT, check=True, capture_output=True,
+                               text=True)
+    job_id = submitted.stdout.strip().split(";")[0]
+    wait_for(lambda: log_lines(out) >= 1, "the first epoch")
+    subprocess.run([which("scancel"), "--batch", "--signal=USR1", job_id], check=True)  # what --signal=B:USR1 sends
+    start_again_now(job_id)
+    wait_for(lambda: job_state(job_id) in ("CD", "F", ""), "the end of the job")
+
+    text = log.read_text()
+    assert job_state(job_id) in ("CD", ""), text[-3000:]
+    assert "time limit near: stopping at the next step, then requeueing" in text and "requeueing job" in text
+    assert "Stopped (received SIGUSR1)" in text and "Resumed from" in text and "x 2 process(es)" in text
+    final, straight = load_checkpoint(out / "checkpoint.pth"), load_checkpoint(reference / "checkpoint.pth")
+    assert (final["epoch"], final["step_in_epoch"], len(final["rng"])) == (6, 0, 2)
+    for key in straight["model"]:
+        assert torch.equal(final["model"][key], straight["model"][key]), key
