@@ -68,10 +68,10 @@ def test_a_check_whose_process_dies_or_hangs_fails_alone(monkeypatch):
     }
     monkeypatch.setattr(gpu_check, "child_command",
                         lambda name, settings, result: [sys.executable, "-c", behaviours[name], str(result)])
-    report = gpu_check.run_all(list(behaviours), gpu_check.Settings(device="cpu"), isolate=True, timeout=5)
+    report = gpu_check.run_all(list(behaviours), gpu_check.Settings(device="cpu"), isolate=True, timeout=2)
     crash, hang, reported = report["checks"]
     assert crash["status"] == "fail" and "exited -6 without a result: about to die" in crash["error"]
-    assert hang["status"] == "fail" and hang["error"] == "timed out after 5 s"
+    assert hang["status"] == "fail" and hang["error"] == "timed out after 2 s"
     assert reported == {"name": "report", "status": "pass", "seconds": 0.0, "details": {}}
     assert report["summary"] == {"pass": 1, "fail": 2, "skip": 0}
 

@@ -2,7 +2,7 @@
 
   python tools/visualize.py                                   # Fashion-MNIST, demo checkpoint if it exists
   python tools/visualize.py --weights output/c10_vit_small/checkpoint.pth --dataset cifar10 --data-path data
-  python tools/visualize.py --weights dino-vit-small-16 --image photo.jpg --out photo_attention.png
+  python tools/visualize.py --weights dino-imagenet-vit-small-pretrain --image photo.jpg --out photo_attention.png
 
 Writes to --out (default docs/figures):
   mixing.png      originals, their PatchMix mixes and both target matrices (the paper's Figure 2)
