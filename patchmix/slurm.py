@@ -46,13 +46,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 @dataclass(frozen=True)
 class EntryScript:
-    """An entry script the launcher can run: its file, its recipe folder, its config class (or chooser), and
-    whether it trains with the engine (then a checkpoint tells whether the run is complete)."""
+    """An entry script the launcher can run: its file, its recipe folder and its config class (or chooser)."""
 
     file: str
     kind: str
     resolve: Callable[[], Any]  # returns the ``resolve`` argument of parse_config (imported lazily)
-    trains: bool
 
 
 def _pretrain_resolver() -> Any:
@@ -81,12 +79,11 @@ def _video_config() -> Any:
 
 
 ENTRY_SCRIPTS: dict[str, EntryScript] = {
-    "pretrain": EntryScript("main_pretrain.py", "pretrain", _pretrain_resolver, trains=True),
-    "knn": EntryScript("main_knn.py", "knn", _knn_config, trains=False),
-    "linear": EntryScript("main_linear.py", "linear", _linear_config, trains=True),
-    "finetune": EntryScript("main_finetune.py", "finetune", _finetune_config, trains=True),
-    "video_segmentation": EntryScript("main_video_segmentation.py", "video_segmentation", _video_config,
-                                      trains=False),
+    "pretrain": EntryScript("main_pretrain.py", "pretrain", _pretrain_resolver),
+    "knn": EntryScript("main_knn.py", "knn", _knn_config),
+    "linear": EntryScript("main_linear.py", "linear", _linear_config),
+    "finetune": EntryScript("main_finetune.py", "finetune", _finetune_config),
+    "video_segmentation": EntryScript("main_video_segmentation.py", "video_segmentation", _video_config),
 }
 
 
