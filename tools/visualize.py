@@ -2,12 +2,21 @@
 
   python tools/visualize.py                                   # Fashion-MNIST, demo checkpoint if it exists
   python tools/visualize.py --weights output/c10_vit_small/checkpoint.pth --dataset cifar10 --data-path data
+  python tools/visualize.py --weights dino-imagenet-vit-small-pretrain --image photo.jpg --out photo_attention.png
 
 Writes to --out (default docs/figures):
   mixing.png      originals, their PatchMix mixes and both target matrices (the paper's Figure 2)
   attention.png   the last block's CLS attention of every head for a few images (the paper's Appendix E)
   similarity.png  softmax similarity of a mixed query to the original images next to its mix-to-origin target
                   (the paper's Figure 4)
+
+With --image, the attention of one image of yours instead (DINO's attention maps): the image through main_knn.py's
+evaluation transform at the weights' resolution, then one panel per head of the last block's attention of the
+CLS token to the patches, renormalised over the patches; written to --out (a .png; default IMAGE_attention.png)
+with the maps themselves beside it (.npz: ``attention`` heads x grid x grid, each map summing to 1, and
+``cls_share``, the attention each head's CLS token keeps for the CLS token itself). SelfPatch models have no CLS
+token: their feature is the SelfPatch head's query, so its attention to the patches (the head's last
+class-attention block) is drawn.
 
 Only Pillow (installed with torchvision) is used for drawing.
 """
@@ -120,22 +129,46 @@ def mixing_figure(images: torch.Tensor, num_mix: int, patch: int, scale: int, se
     return canvas
 
 
+def feature_attention_module(model: torch.nn.Module) -> tuple[str, int, str]:
+    """The attention module whose first query forms the feature, the number of keys before the patches, and
+    what it is in words: the last block's (CLS token: query 0; the prefix tokens come first), or for a SelfPatch
+    model (no CLS token) the SelfPatch head's last class-attention block (its query token is key 0)."""
+    if hasattr(model, "ca_head"):
+        last = len(model.ca_head.cls_blocks) - 1
+        return (f"ca_head.cls_blocks.{last}.attn", 1, "the SelfPatch head's query attention to the patches "
+                "(last class-attention block, the model has no CLS token)")
+    return f"blocks.{len(model.blocks) - 1}.attn", model.num_prefix_tokens, "last-block CLS attention"
+
+
+@torch.no_grad()
+def attention_weights(model: torch.nn.Module, images: torch.Tensor, name: str) -> torch.Tensor:
+    """(B, heads, queries, keys): the softmax attention timm's attention module ``name`` computes in a forward
+    pass of ``images``. A forward hook reads it where timm's own code passes it through ``attn_drop`` (the
+    module's unfused path is switched on for this pass: the fused kernel never forms the matrix); the hook is
+    removed afterwards. (``timm.utils.AttentionExtract`` does the same but leaves its hooks on the model.)"""
+    attention = model.get_submodule(name)
+    captured: list[torch.Tensor] = []
+    handle = attention.attn_drop.register_forward_hook(lambda module, inputs, output: captured.append(output))
+    fused, attention.fused_attn = attention.fused_attn, False
+    try:
+        model.eval()(images)
+    finally:
+        attention.fused_attn = fused
+        handle.remove()
+    if len(captured) != 1:
+        raise RuntimeError(f"{name} ran {len(captured)} times in one forward pass; expected once.")
+    return captured[0]
+
+
 @torch.no_grad()
 def cls_attention(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """(B, heads, grid, grid): the last block's attention of the CLS token to every patch, per head."""
-    x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
-    for block in model.blocks[:-1]:
-        x = block(x)
-    block = model.blocks[-1]
-    attn = block.attn
-    y = block.norm1(x)
-    batch, tokens, dim = y.shape
-    qkv = attn.qkv(y).reshape(batch, tokens, 3, attn.num_heads, dim // attn.num_heads).permute(2, 0, 3, 1, 4)
-    q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])
-    weights = (q @ k.transpose(-2, -1) * attn.scale).softmax(dim=-1)
-    cls = weights[:, :, 0, model.num_prefix_tokens:]
-    grid = int(round(cls.shape[-1] ** 0.5))
-    return cls.reshape(batch, attn.num_heads, grid, grid)
+    """(B, heads, grid, grid): the attention of the feature's query (the CLS token; SelfPatch: the head's query)
+    to every patch in the last attention that forms the feature, per head (what it keeps for itself is left out,
+    so a map sums to less than 1)."""
+    name, prefix, _ = feature_attention_module(model)
+    weights = attention_weights(model, images, name)[:, :, 0, prefix:]
+    grid = int(round(weights.shape[-1] ** 0.5))
+    return weights.reshape(weights.shape[0], weights.shape[1], grid, grid)
 
 
 def attention_figure(model: torch.nn.Module, images: torch.Tensor, scale: int, caption: str) -> Image.Image:
@@ -191,11 +224,70 @@ def similarity_figure(model: torch.nn.Module, images: torch.Tensor, num_mix: int
     return canvas
 
 
-def load_encoder(weights: str, patch_size: int, img_size: int) -> tuple[torch.nn.Module, str]:
+def wrap(text: str, typeface: ImageFont.ImageFont, width: int) -> list[str]:
+    """``text`` in lines no wider than ``width`` pixels (words kept whole)."""
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines: list[str] = []
+    for word in text.split():
+        if lines and measure.textlength(f"{lines[-1]} {word}", font=typeface) <= width:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
+def image_attention_figure(image: torch.Tensor, maps: torch.Tensor, caption: str, columns: int = 7
+                           ) -> Image.Image:
+    """One image and one panel per head of its attention maps (``maps``: heads x grid x grid), each map
+    stretched to its own range; panels at least 160 px wide, in rows of ``columns``; the caption wrapped."""
+    heads, side = maps.shape[0], image.shape[-1]
+    scale = max(1, -(-160 // side))
+    panel, gap, label_h = side * scale, 6, 18
+    columns = min(columns, heads + 1)
+    rows = -(-(heads + 1) // columns)
+    width = columns * (panel + gap) + gap
+    lines = wrap(caption, font(15), width - 2 * gap)
+    top = 8 + 18 * len(lines)
+    canvas = Image.new("RGB", (width, top + rows * (panel + label_h + gap)), BACKGROUND)
+    draw, small = ImageDraw.Draw(canvas), font(13)
+    for number, line in enumerate(lines):
+        draw.text((gap, 5 + 18 * number), line, fill=INK, font=font(15))
+    for index in range(heads + 1):
+        x = gap + (index % columns) * (panel + gap)
+        y = top + (index // columns) * (panel + label_h + gap)
+        if index == 0:
+            tile, label = to_pil(image, scale), "image"
+        else:
+            attention = maps[index - 1]
+            attention = (attention - attention.min()) / (attention.max() - attention.min()).clamp(min=1e-12)
+            tile = Image.fromarray(colormap(attention).numpy()).resize((panel, panel), Image.NEAREST)
+            label = f"head {index}"
+        canvas.paste(tile, (x, y + label_h))
+        draw.text((x, y + 2), label, fill=INK, font=small)
+    return canvas
+
+
+def attend_image(model: torch.nn.Module, path: Path, img_size: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                                           torch.Tensor, str]:
+    """The image at ``path`` through main_knn.py's evaluation transform (whole image, ``img_size`` px), its
+    attention maps renormalised over the patches (heads x grid x grid, each summing to 1), the share each head's
+    query keeps for the tokens before the patches, and what the maps are."""
+    from patchmix.data import load_rgb, standard_crop_pct
+
+    image = eval_transform(img_size, standard_crop_pct("folder"))(load_rgb(str(path)))
+    name, prefix, what = feature_attention_module(model)
+    row = attention_weights(model, image[None], name)[0, :, 0]  # (heads, keys)
+    patches = row[:, prefix:]
+    grid = int(round(patches.shape[-1] ** 0.5))
+    maps = (patches / patches.sum(dim=-1, keepdim=True)).reshape(-1, grid, grid)
+    return image, maps, row[:, :prefix].sum(dim=-1), what
+
+
+def load_encoder(weights: str, patch_size: int, img_size: int, num_heads: int = 0) -> tuple[torch.nn.Module, str]:
     """The key encoder of a checkpoint (any format the weights loader knows), or a random ViT."""
     if weights:
         from patchmix.weights import build_model, load_weights
-        loaded = load_weights(weights)
+        loaded = load_weights(weights, num_heads=num_heads)
         return build_model(loaded).eval(), f"{Path(weights).name} ({loaded.encoder or 'backbone'})"
     torch.manual_seed(0)
     model = build_backbone("vit_tiny", img_size=img_size, patch_size=patch_size, embed_dim=128, depth=6, num_heads=4)
@@ -215,13 +307,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=int, default=4, help="enlargement of the images in the pictures")
     parser.add_argument("--temperature", type=float, default=0.2, help="softmax temperature of the similarities")
     parser.add_argument("--seed", type=int, default=0, help="seed of the mixing partition")
-    parser.add_argument("--out", default="docs/figures", help="output directory")
+    parser.add_argument("--num-heads", type=int, default=0, help="attention heads, for weights that do not "
+                        "store them (default: from the weights)")
+    parser.add_argument("--image", default="", help="draw the per-head attention of this image file instead "
+                        "(DINO's attention maps; see above)")
+    parser.add_argument("--out", default="", help="output directory (default docs/figures); with --image, the "
+                        "PNG file (default IMAGE_attention.png)")
     args = parser.parse_args(argv)
 
     weights = args.weights
     if not weights and Path("output/demo/checkpoint.pth").is_file():
         weights = "output/demo/checkpoint.pth"
-    model, caption = load_encoder(weights, args.patch_size or 7, args.img_size or 28)
+    if args.image:
+        return draw_image_attention(weights, Path(args.image), args)
+    model, caption = load_encoder(weights, args.patch_size or 7, args.img_size or 28, args.num_heads)
     patch = args.patch_size or model.patch_embed.patch_size[0]
     img_size = args.img_size or model.patch_embed.img_size[0]
 
@@ -232,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     indices = (sorted(indices) + [i for i in range(len(dataset)) if i not in chosen])[:args.batch]
     images = torch.stack([dataset[i][0] for i in indices])
 
-    out = Path(args.out)
+    out = Path(args.out or "docs/figures")
     out.mkdir(parents=True, exist_ok=True)
     written = {
         "mixing.png": mixing_figure(images, args.num_mix, patch, args.scale, args.seed),
@@ -244,6 +343,37 @@ def main(argv: list[str] | None = None) -> int:
     for name, picture in written.items():
         picture.save(out / name)
         print(f"wrote {out / name} ({picture.width}x{picture.height})")
+    return 0
+
+
+def draw_image_attention(weights: str, image: Path, args: argparse.Namespace) -> int:
+    """``--image``: the PNG of the image's per-head attention and the maps beside it (``.npz``); 2 after a
+    one-line error for a bad image, weights or output name."""
+    import numpy as np
+
+    from patchmix.cli import USER_ERRORS
+    from patchmix.data import DataError
+
+    out = Path(args.out or f"{image.stem}_attention.png")
+    try:
+        if out.suffix.lower() != ".png":
+            raise DataError(f"--out {out}: with --image, name a .png file (the maps go beside it as .npz).")
+        if not image.is_file():
+            raise DataError(f"--image {image}: no such file.")
+        model, caption = load_encoder(weights, args.patch_size or 7, args.img_size or 28, args.num_heads)
+        img_size = args.img_size or model.patch_embed.img_size[0]
+        pixels, maps, kept, what = attend_image(model, image, img_size)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    out.parent.mkdir(parents=True, exist_ok=True)
+    picture = image_attention_figure(pixels, maps, f"{image.name}: {what}, renormalised over the patches; "
+                                                   f"{caption}")
+    picture.save(out)
+    maps_path = out.with_suffix(".npz")
+    np.savez(maps_path, attention=maps.numpy(), cls_share=kept.numpy())
+    print(f"wrote {out} ({picture.width}x{picture.height}, {maps.shape[0]} heads, {maps.shape[1]}x{maps.shape[2]} "
+          f"patches) and the maps in {maps_path}")
     return 0
 
 
