@@ -14,7 +14,8 @@ Checks (``--list`` prints them):
   DistributedDataParallel, training steps, an all-reduce;
 * ``compile``: the backbones under ``torch.compile`` against eager: the same first loss, finite steps, speeds;
 * ``fused_backbone``: PatchMix's fused and unfused backbone passes (``--fuse-backbone``): the same loss, speeds;
-* ``benchmark_*``: the rows of docs/benchmarks.md, measured by tools/benchmark.py (images/s, MFU, memory);
+* ``benchmark_*``: the rows of docs/benchmarks.md and DINO / SelfPatch at their recipes, measured by tools/benchmark.py
+  (images/s, MFU, memory);
 * ``knn_features``: the kNN harness's feature extraction on the device against the same model on the CPU;
 * ``checkpoint_resume``: a real ``main_pretrain.py`` run on the device stopped after a few steps and resumed ends
   bit-identical to an uninterrupted run (deterministic algorithms on).
@@ -69,6 +70,11 @@ BENCHMARK_ROWS: dict[str, tuple[list[str], int, list[str]]] = {
     "benchmark_imagenet_vit_small_official": (["--config", "imagenet_vit_small", "--preset", "official"], 128,
                                               ["--local-crop-size", "8"]),
     "benchmark_aps_cifar10_vit_tiny": (["--config", "aps_cifar10_vit_tiny"], 512, []),
+    "benchmark_dino_cifar10_vit_tiny": (["--config", "dino_cifar10_vit_tiny"], 512, ["--local-crop-size", "8"]),
+    "benchmark_dino_imagenet_vit_small": (["--config", "dino_imagenet_vit_small"], 128, ["--local-crop-size", "8"]),
+    # SelfPatch's neighbourhoods need at least a 3x3 grid in every crop: 12-px local crops of the 4-px patches
+    "benchmark_selfpatch_imagenet_vit_small": (["--config", "selfpatch_imagenet_vit_small"], 128,
+                                               ["--local-crop-size", "12"]),
 }
 
 
