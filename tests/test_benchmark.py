@@ -128,3 +128,10 @@ def _selfpatch_benchmark_and_flops(tmp_path):
     assert results["gflops_per_image"] == pytest.approx(counted / 1e9)
     patch_embedding = sum(2.0 * (size // 4) ** 2 * 3 * 4 * 4 * 32 for size in (16, 16, 12, 12))
     assert counter.get_total_flops() / 4 == pytest.approx(counted - patch_embedding, rel=1e-9)
+
+
+def test_a_configuration_main_pretrain_refuses_is_one_line_here_too(capsys):
+    """A batch too small for the mixer is refused before any step, in one line (exit 2), not a traceback."""
+    assert benchmark.cli(["--config", "demo", "--batch-size", "2", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: the batch per process (2)")

@@ -54,6 +54,7 @@ import statistics  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils.data import default_collate  # noqa: E402
 
+from patchmix.cli import USER_ERRORS  # noqa: E402
 from patchmix.config import parse_config  # noqa: E402
 from patchmix.data import build_dataset, fixed_subset, resumable_loader  # noqa: E402
 from patchmix.distributed import pick_device  # noqa: E402
@@ -373,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cfg = parse_config(lambda values: get_method(values.get("method", "patchmix")).config_class,
                        rest or ["--config", "demo"], kind="pretrain", description=__doc__)
+    get_method(cfg.method).check_config(cfg, cfg.batch_size)  # what main_pretrain.py refuses, refused here too
     if getattr(cfg, "fuse_backbone", False) is None:  # PatchMix without a choice: measure both ways
         results = compare_fusion(cfg, args.steps, args.warmup, args.data, args.peak_tflops, args.rounds)
     else:
@@ -387,5 +389,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """``main`` with a bad configuration reported in one line (exit 2), as the entry scripts do."""
+    try:
+        return main(argv)
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())
