@@ -70,7 +70,7 @@ def test_inputs_and_layout_are_the_official_ones(golden, weights):
     mapped = ours.official_state_to_ours(weights)
     template = ours.build_our_model().state_dict()
     assert {k: tuple(v.shape) for k, v in mapped.items()} == {k: tuple(v.shape) for k, v in template.items()}
-    from patchmix.weights.layout import _aps_to_timm
+    from patchmix.weights.method_layouts import aps_to_timm as _aps_to_timm
     library = _aps_to_timm(weights)
     assert set(library) == set(mapped) and all(torch.equal(library[k], mapped[k]) for k in mapped)
     # the cells: (B, nsampling, k) per view, disjoint view-1 samplings per image, distinct view-2 cells

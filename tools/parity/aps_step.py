@@ -348,10 +348,10 @@ def check_layout(off: dict) -> list[str]:
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     if trainable != {ours.official_to_ours(n) for n in off["trainable"]}:
         problems.append("trainable parameters differ")
-    from patchmix.weights import layout
-    aps_to_timm = getattr(layout, "_aps_to_timm", None)
+    from patchmix.weights import method_layouts
+    aps_to_timm = getattr(method_layouts, "aps_to_timm", None)
     if aps_to_timm is None:
-        problems.append("patchmix.weights.layout._aps_to_timm is gone: update the key-map agreement check")
+        problems.append("patchmix.weights.method_layouts.aps_to_timm is gone: update the key-map agreement check")
     else:
         library = aps_to_timm(off["template"])
         if set(library) != set(mapped) or any(not torch.equal(library[k], mapped[k]) for k in mapped):
