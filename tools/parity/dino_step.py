@@ -281,17 +281,13 @@ def _without(tensor: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
     return flat[keep]
 
 
-def compare_case(off: dict, mine: ours.OursResult, case: str, settings: dict) -> list[dict]:
-    """Rows of (quantity, step, part, max abs diff, normalised error, tolerance, worst tensor)."""
+def gradient_rows(official: list[dict], mine: list[dict], zero: dict[str, torch.Tensor]) -> list[dict]:
+    """Comparison rows of the gradients of each step, per part, with the exact-zero entries (``zero``: their
+    flat indices per tensor) compared on their own: tiny against the largest gradient, on both sides."""
     rows = []
-    for step, (lo, lm) in enumerate(zip(off["losses"], mine.losses)):
-        rows.append(dict(what="loss", step=step + 1, abs=abs(lm - lo), err=abs(lm - lo) / abs(lo),
-                         tol=TOLERANCES["loss"], worst=""))
-    shapes = {n: tuple(t.shape) for n, t in off["template"].items()}
-    zero = ours.zero_gradient_entries(shapes, settings["embed_dim"], ours.CASES[case]["use_bn"])
-    for step, (go, gm) in enumerate(zip(off["grads"], mine.grads)):
+    for step, (go, gm) in enumerate(zip(official, mine)):
         if set(go) != set(gm):
-            rows.append(dict(what="grad set", step=step + 1, abs=float("inf"), err=float("inf"), tol=0.0,
+            rows.append(dict(what="grad set", step=step + 1, part="", abs=float("inf"), err=float("inf"), tol=0.0,
                              worst=", ".join(sorted(set(go) ^ set(gm)))))
             continue
         keep = {n: _without(g, zero.get(n)) for n, g in go.items()}
@@ -311,6 +307,18 @@ def compare_case(off: dict, mine: ours.OursResult, case: str, settings: dict) ->
                          abs=max((gm[n].reshape(-1)[i] - go[n].reshape(-1)[i]).abs().max().item()
                                  for n, i in zero.items() if n in go),
                          err=noise[worst] / scale, tol=TOLERANCES["zero_grad"], worst=worst))
+    return rows
+
+
+def compare_case(off: dict, mine: ours.OursResult, case: str, settings: dict) -> list[dict]:
+    """Rows of (quantity, step, part, max abs diff, normalised error, tolerance, worst tensor)."""
+    rows = []
+    for step, (lo, lm) in enumerate(zip(off["losses"], mine.losses)):
+        rows.append(dict(what="loss", step=step + 1, abs=abs(lm - lo), err=abs(lm - lo) / abs(lo),
+                         tol=TOLERANCES["loss"], worst=""))
+    shapes = {n: tuple(t.shape) for n, t in off["template"].items()}
+    zero = ours.zero_gradient_entries(shapes, settings["embed_dim"], ours.CASES[case]["use_bn"])
+    rows += gradient_rows(off["grads"], mine.grads, zero)
     for step, (so, sm) in enumerate(zip(off["states"], mine.states)):
         assert set(so) == set(sm)
         for part in sorted({part_of(n) for n in so}):

@@ -275,28 +275,7 @@ def compare_case(off: dict, mine, settings: dict) -> list[dict]:
             rows.append(dict(what=label, step=step + 1, part="", abs=abs(lm - lo), err=abs(lm - lo) / abs(lo),
                              tol=TOLERANCES["loss"], worst=""))
     zero = zero_entries(off, settings)
-    for step, (go, gm) in enumerate(zip(off["grads"], mine.grads)):
-        if set(go) != set(gm):
-            rows.append(dict(what="grad set", step=step + 1, part="", abs=float("inf"), err=float("inf"), tol=0.0,
-                             worst=", ".join(sorted(set(go) ^ set(gm)))))
-            continue
-        keep = {n: dino_step._without(g, zero.get(n)) for n, g in go.items()}
-        mine_keep = {n: dino_step._without(g, zero.get(n)) for n, g in gm.items()}
-        for part in sorted({dino_step.part_of(n) for n in go}):
-            names = [n for n in go if dino_step.part_of(n) == part and keep[n].numel()]
-            errs = {n: dino_step.normalised_error(mine_keep[n], keep[n]) for n in names}
-            worst = max(errs, key=errs.get)
-            rows.append(dict(what="grad", step=step + 1, part=part,
-                             abs=max((mine_keep[n] - keep[n]).abs().max().item() for n in names), err=errs[worst],
-                             tol=TOLERANCES["grad"], worst=worst))
-        scale = max(g.abs().max().item() for g in go.values())
-        noise = {n: max(go[n].reshape(-1)[i].abs().max().item(), gm[n].reshape(-1)[i].abs().max().item())
-                 for n, i in zero.items() if n in go}
-        worst = max(noise, key=noise.get)
-        rows.append(dict(what="grad (exact 0)", step=step + 1, part="both sides: |g| / max |g|",
-                         abs=max((gm[n].reshape(-1)[i] - go[n].reshape(-1)[i]).abs().max().item()
-                                 for n, i in zero.items() if n in go),
-                         err=noise[worst] / scale, tol=TOLERANCES["zero_grad"], worst=worst))
+    rows += dino_step.gradient_rows(off["grads"], mine.grads, zero)
     for step, (so, sm) in enumerate(zip(off["states"], mine.states)):
         assert set(so) == set(sm)
         for part in sorted({dino_step.part_of(n) for n in so}):
