@@ -91,3 +91,15 @@ def test_the_checks_run_tiny_on_the_cpu_each_in_its_own_process(tmp_path):
     assert records["fused_backbone"]["details"]["fused"]["first_loss"] == pytest.approx(
         records["fused_backbone"]["details"]["unfused"]["first_loss"], rel=1e-4)
     assert report["environment"]["device"] == "cpu" and report["environment"]["quick"] is True
+
+
+def test_the_learning_signal_of_self_distillation_is_its_kl_term():
+    # DINO: cross-entropy 5.0 against a teacher of entropy 4.2 -> KL 0.8; SelfPatch: the image loss's KL, not
+    # the total with the patch loss; contrastive methods: the loss itself
+    assert gpu_check.learning_signal({"loss": 5.0, "teacher_entropy": 4.2}) == pytest.approx(0.8)
+    assert gpu_check.learning_signal({"loss": 5.5, "image_loss": 5.0, "patch_loss": 5.0,
+                                      "teacher_entropy": 4.5}) == pytest.approx(0.5)
+    assert gpu_check.learning_signal({"loss": 3.0, "o2o": 1.0}) == 3.0
+    assert gpu_check.training_recipe("selfpatch") == "selfpatch_imagenet_vit_small"
+    assert gpu_check.training_recipe("patchmix") == "cifar10_vit_tiny"
+    assert gpu_check.training_recipe("dino") == "dino_cifar10_vit_tiny"

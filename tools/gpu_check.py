@@ -7,9 +7,10 @@
 Checks (``--list`` prints them):
 
 * ``train_<method>_<amp>``: bf16 autocast, and fp16 autocast with a GradScaler, for each method's CIFAR recipe
-  (every method of ``patchmix/methods`` that has a ``[<method>_]cifar10_vit_tiny`` recipe): a few hundred
+  (``[<method>_]cifar10_vit_tiny``; SelfPatch, which has none: ``selfpatch_imagenet_vit_small``): a few hundred
   training steps on one fixed synthetic batch through the method's own transform; the loss must stay finite and
-  fall (the mean of the last quarter of the steps below that of the first quarter);
+  fall (the mean of the last quarter of the steps below that of the first quarter; for DINO and SelfPatch the
+  image loss minus the teacher's entropy, their KL term, since the teacher moves);
 * ``nccl_syncbn``: an NCCL process group of size 1, the pretraining model with SyncBatchNorm inside
   DistributedDataParallel, training steps, an all-reduce;
 * ``compile``: the backbones under ``torch.compile`` against eager: the same first loss, finite steps, speeds;
@@ -104,12 +105,20 @@ class Settings:
 # Helpers
 
 
-def cifar_recipe(method: str) -> str | None:
-    """The CIFAR-10 ViT-T recipe of ``method``, if it has one."""
-    for name in (f"{method}_cifar10_vit_tiny", "cifar10_vit_tiny" if method == "patchmix" else ""):
+def training_recipe(method: str) -> str | None:
+    """The recipe a training check runs: ``method``'s CIFAR-10 ViT-T recipe, or its ImageNet ViT-S/16 recipe
+    for a method without CIFAR recipes (SelfPatch, whose official code knows only ImageNet's token grids)."""
+    for name in (f"{method}_cifar10_vit_tiny", "cifar10_vit_tiny" if method == "patchmix" else "",
+                 f"{method}_imagenet_vit_small"):
         if name and (REPO_ROOT / "config" / "pretrain" / f"{name}.py").is_file():
             return name
     return None
+
+
+# What --quick adds to the tiny model for a recipe whose crops would not fit it (SelfPatch's 96-px local crops
+# against 16-px global ones; 12 px keeps the 3x3 patch grid its neighbourhoods need).
+QUICK_EXTRA = {"selfpatch_imagenet_vit_small": ["--local-crop-size", "12", "--local-crops-number", "2",
+                                                "--out-dim-selfpatch", "32"]}
 
 
 def pretrain_config(settings: Settings, *flags: str) -> Any:
@@ -121,9 +130,19 @@ def pretrain_config(settings: Settings, *flags: str) -> Any:
     return dataclasses.replace(cfg, warmup_epochs=0.0)
 
 
+def learning_signal(scalars: dict[str, float]) -> float:
+    """What must fall while a method fits one fixed batch. For the contrastive methods it is the loss. For DINO
+    and SelfPatch it is the image loss minus the teacher's entropy, i.e. the KL divergence from the teacher to the
+    student: their loss is a cross-entropy against a teacher that moves with every step, whose entropy (and so
+    the loss) can rise while the student closes in on it."""
+    if "teacher_entropy" in scalars:
+        return scalars.get("image_loss", scalars["loss"]) - scalars["teacher_entropy"]
+    return scalars["loss"]
+
+
 def train_losses(cfg: Any, steps: int) -> tuple[list[float], benchmark.Bench, float]:
-    """Losses of ``steps`` optimiser steps on one fixed synthetic batch (the method's views of random images),
-    the benchmark's ready task, and the seconds per step after the first."""
+    """The learning signal (:func:`learning_signal`) of ``steps`` optimiser steps on one fixed synthetic batch
+    (the method's views of random images), the benchmark's ready task, and the seconds per step after the first."""
     bench = benchmark.Bench(cfg, "synthetic")
     losses: list[float] = []
     tic = 0.0
@@ -136,7 +155,7 @@ def train_losses(cfg: Any, steps: int) -> tuple[list[float], benchmark.Bench, fl
         for part in bench.task.substeps(batch):
             _, scalars = train_step(bench.task, bench.scaler, part, len(losses), bench.device, bench.dtype,
                                     cfg.clip_grad)
-            losses.append(scalars["loss"])
+            losses.append(learning_signal(scalars))
     synchronize(bench.device)
     return losses, bench, (time.perf_counter() - tic) / max(len(losses) - 1, 1)
 
@@ -172,14 +191,17 @@ def free_port() -> int:
 
 def check_training(method: str, amp: str) -> Callable[[Settings], dict[str, Any]]:
     def run(settings: Settings) -> dict[str, Any]:
-        recipe = cifar_recipe(method)
+        recipe = training_recipe(method)
         if recipe is None:
-            raise SkipCheck(f"method {method!r} has no CIFAR-10 ViT-T recipe in config/pretrain/")
-        cfg = pretrain_config(settings, "--config", recipe, "--amp", amp)
+            raise SkipCheck(f"method {method!r} has no CIFAR-10 ViT-T or ImageNet ViT-S recipe in config/pretrain/")
+        extra = QUICK_EXTRA.get(recipe, []) if settings.quick else []
+        cfg = pretrain_config(settings, "--config", recipe, "--amp", amp, *extra)
         if not settings.quick:
             cfg = dataclasses.replace(cfg, batch_size=128)
         losses, bench, seconds = train_losses(cfg, settings.steps if not settings.quick else 30)
-        details = {"recipe": recipe, "batch_size": cfg.batch_size, "amp": amp, **assert_learning(losses),
+        signal = "image loss - teacher entropy" if method in ("dino", "selfpatch") else "loss"
+        details = {"recipe": recipe, "batch_size": cfg.batch_size, "amp": amp, "signal": signal,
+                   **assert_learning(losses),
                    "step_ms": 1000 * seconds}
         if amp == "fp16":
             details["grad_scale"] = bench.scaler.get_scale()
