@@ -51,6 +51,31 @@ TINY_PRETRAIN = ["--config", "demo", "--dataset", "fashion_mnist", "--img-size",
                  "--device", "cpu", "--no-knn-eval", "--log-freq", "1", "--save-freq", "1", "--train-subset", "64"]
 
 
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory, toy_data) -> Path:
+    """A real checkpoint of main_pretrain.py (one tiny epoch), shared by the tests that only read it."""
+    import main_pretrain
+
+    out = tmp_path_factory.mktemp("pretrain")
+    assert main_pretrain.main(TINY_PRETRAIN + ["--data-path", str(toy_data), "--output-dir", str(out),
+                                               "--epochs", "1", "--save-freq", "0"]) == 0
+    return out / "checkpoint.pth"
+
+
+def children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
 def assert_run_header(stdout: str, output_dir: Path) -> None:
     """The header every script prints: the versions line (code revision, library versions, device), then the
     resolved configuration of ``OUTPUT_DIR/config.json``, one sorted ``key: value`` per line."""

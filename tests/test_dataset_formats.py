@@ -72,21 +72,30 @@ def test_cifar10_pickles_train_and_evaluate_with_the_recipe(tmp_path, cifar10, c
 
     out = tmp_path / "pretrain"
     capsys.readouterr()
-    assert main_pretrain.main(["--config", "cifar10_vit_tiny", "--data-path", str(root), "--output-dir", str(out),
-                               "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "10", *TINY_MODEL,
-                               *CPU]) == 0
+    config = pretrain_one_epoch(root, "cifar10_vit_tiny", 10, out)
     assert_run_header(capsys.readouterr().out, out)
-    config = json.loads((out / "config.json").read_text())
     assert (config["img_size"], config["patch_size"], config["dataset"]) == (32, 2, "cifar10")  # the recipe's
     assert json.loads((out / "log.txt").read_text())["epoch"] == 1  # 20 images: 2 steps of 10
 
-    knn = tmp_path / "knn"
-    assert main_knn.main(["--config", "cifar10_vit_tiny", "--data-path", str(root), "--output-dir", str(knn),
-                          "--pretrained-weights", str(out / "checkpoint.pth"), "--batch-size", "20",
-                          *ONE_NEIGHBOUR, *CPU]) == 0
-    results = json.loads((knn / "results.json").read_text())
+    results = knn_of(root, "cifar10_vit_tiny", out / "checkpoint.pth", 20, tmp_path / "knn")
     assert (results["train_images"], results["test_images"]) == (20, 10)
     assert results["weights"]["backbone"]["img_size"] == 32 and results["top1"] == 100.0
+
+
+def pretrain_one_epoch(root: Path, recipe: str, batch_size: int, out: Path) -> dict:
+    """``main_pretrain.py`` for one epoch of RECIPE on ROOT with the tiny model; returns the resolved config."""
+    assert main_pretrain.main(["--config", recipe, "--data-path", str(root), "--output-dir", str(out),
+                               "--epochs", "1", "--warmup-epochs", "0", "--batch-size", str(batch_size),
+                               *TINY_MODEL, *CPU]) == 0
+    return json.loads((out / "config.json").read_text())
+
+
+def knn_of(root: Path, recipe: str, checkpoint: Path, batch_size: int, out: Path) -> dict:
+    """``main_knn.py`` (one neighbour) of CHECKPOINT on ROOT with RECIPE's data settings; returns its results."""
+    assert main_knn.main(["--config", recipe, "--data-path", str(root), "--output-dir", str(out),
+                          "--pretrained-weights", str(checkpoint), "--batch-size", str(batch_size),
+                          *ONE_NEIGHBOUR, *CPU]) == 0
+    return json.loads((out / "results.json").read_text())
 
 
 def write_imagenet_tree(root: Path, classes: int = 3, per_class: int = 4, seed: int = 0) -> None:
@@ -111,17 +120,10 @@ def test_imagenet_folder_tree_trains_and_evaluates_at_224_px(tmp_path, capsys):
     root = tmp_path / "imagenet"
     write_imagenet_tree(root)
     out = tmp_path / "pretrain"
-    assert main_pretrain.main(["--config", "imagenet_vit_tiny", "--data-path", str(root), "--output-dir", str(out),
-                               "--epochs", "1", "--warmup-epochs", "0", "--batch-size", "6", *TINY_MODEL,
-                               *CPU]) == 0
-    config = json.loads((out / "config.json").read_text())
+    config = pretrain_one_epoch(root, "imagenet_vit_tiny", 6, out)
     assert (config["img_size"], config["patch_size"]) == (224, 16)
     assert json.loads((out / "log.txt").read_text())["epoch"] == 1  # 12 images: 2 steps of 6
 
-    knn = tmp_path / "knn"
-    assert main_knn.main(["--config", "imagenet_vit_small", "--data-path", str(root), "--output-dir", str(knn),
-                          "--pretrained-weights", str(out / "checkpoint.pth"), "--batch-size", "12",
-                          *ONE_NEIGHBOUR, *CPU]) == 0
-    results = json.loads((knn / "results.json").read_text())
+    results = knn_of(root, "imagenet_vit_small", out / "checkpoint.pth", 12, tmp_path / "knn")
     assert (results["train_images"], results["test_images"]) == (12, 3)
     assert results["weights"]["backbone"]["img_size"] == 224 and results["top1"] == 100.0

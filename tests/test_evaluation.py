@@ -7,13 +7,11 @@ import math
 
 import pytest
 import torch
-from conftest import TINY_PRETRAIN
 from evalkit import TINY, TINY_FLAGS, save_official_pretraining, save_ours, tiny_pretraining_model
 
 import main_finetune
 import main_knn
 import main_linear
-import main_pretrain
 from patchmix.config import parse_config, recipe_names
 from patchmix.data import build_dataset, eval_transform
 from patchmix.evaluation.finetune import FinetuneConfig
@@ -24,15 +22,6 @@ from patchmix.knn import weighted_knn
 
 def load(path):
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory, toy_data):
-    """A real checkpoint of main_pretrain.py (one tiny epoch)."""
-    out = tmp_path_factory.mktemp("pretrain")
-    assert main_pretrain.main(TINY_PRETRAIN + ["--data-path", str(toy_data), "--output-dir", str(out),
-                                               "--epochs", "1", "--save-freq", "0"]) == 0
-    return out / "checkpoint.pth"
 
 
 # ------------------------------------------------------------------------------------------------------------

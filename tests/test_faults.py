@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_PRETRAIN
+from conftest import REPO_ROOT, TINY_PRETRAIN, children
 
 import main_pretrain
 from patchmix.checkpoint import load_checkpoint
@@ -190,20 +190,6 @@ def test_two_nodes_train_in_lockstep(tmp_path, toy_data):
     lines = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
     assert [(line["epoch"], line["world_size"], line["replicas_in_sync"]) for line in lines] == [(1, 2, True),
                                                                                                 (2, 2, True)]
-
-
-def children(pid: int) -> list[int]:
-    """Process ids whose parent is ``pid`` (from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
 
 
 @pytest.mark.slow

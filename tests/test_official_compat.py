@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
-from conftest import TINY_PRETRAIN
 from evalkit import TINY_FLAGS, save_ours, tiny_pretraining_model
 
 import main_knn
-import main_pretrain
 from patchmix.config import parse_config
 from patchmix.engine import amp_dtype
 from patchmix.evaluation.knn import KnnConfig
@@ -28,17 +25,9 @@ def official_get_model_from_frame(checkpoint: dict, encoder: str) -> dict:
     return state_dict
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, toy_data):
-    out = tmp_path_factory.mktemp("run")
-    assert main_pretrain.main(TINY_PRETRAIN + ["--data-path", str(toy_data), "--output-dir", str(out),
-                                               "--epochs", "1", "--save-freq", "0"]) == 0
-    return out / "checkpoint.pth"
-
-
-def test_the_official_reader_loads_our_pretraining_checkpoint(checkpoint):
+def test_the_official_reader_loads_our_pretraining_checkpoint(pretrained):
     for encoder in ("momentum_encoder", "base_encoder"):
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = torch.load(pretrained, map_location="cpu", weights_only=True)
         expected = {k[len(encoder) + 1:]: v.clone() for k, v in state["model"].items()
                     if k.startswith(encoder + ".") and not k.startswith(encoder + ".head")}
         weights = official_get_model_from_frame(state, encoder)
@@ -47,15 +36,15 @@ def test_the_official_reader_loads_our_pretraining_checkpoint(checkpoint):
         assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items()), encoder
 
 
-def test_the_state_dict_entry_does_not_grow_the_file(checkpoint, tmp_path):
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+def test_the_state_dict_entry_does_not_grow_the_file(pretrained, tmp_path):
+    state = torch.load(pretrained, map_location="cpu", weights_only=True)
     assert state["state_dict"].keys() == state["model"].keys()
     assert all(state["state_dict"][k].data_ptr() == v.data_ptr() for k, v in state["model"].items()), \
         "the two entries share their tensors"
     without = tmp_path / "without.pth"
     torch.save({k: v for k, v in state.items() if k != "state_dict"}, without)
     weights_bytes = sum(v.numel() * v.element_size() for v in state["model"].values())
-    growth = checkpoint.stat().st_size - without.stat().st_size
+    growth = pretrained.stat().st_size - without.stat().st_size
     assert growth < min(4096, weights_bytes // 10), (growth, weights_bytes)  # a second copy would add them all
 
 

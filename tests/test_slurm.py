@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, TINY_PRETRAIN
+from conftest import REPO_ROOT, TINY_PRETRAIN, children
 
 from patchmix import slurm
 from patchmix.checkpoint import load_checkpoint, save_checkpoint
@@ -79,20 +79,6 @@ def test_a_run_is_complete_only_at_its_end(tmp_path):
 # Real jobs
 
 
-def task_processes(controller_pid: int) -> list[int]:
-    """The submitit task processes the local executor's controller started (its children, from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == controller_pid:
-                found.append(int(entry.name))
-    return found
-
-
 def wait_for(condition, timeout: float = 180.0) -> None:
     deadline = time.time() + timeout
     while not condition():
@@ -124,7 +110,7 @@ def test_preempted_job_is_requeued_and_ends_with_the_uninterrupted_weights(tmp_p
     assert isinstance(job, submitit.local.local.LocalJob)
     wait_for(lambda: log_lines(out) >= 1 or job.done())
     assert not job.done(), job.stdout()
-    [task] = task_processes(job._process.pid)
+    [task] = children(job._process.pid)  # the task process the local executor's controller started
     os.kill(task, signal.SIGUSR2)  # what SLURM sends before a time limit (scancel --signal USR2 does too)
     result = job.result()
     log = job.stdout()
