@@ -36,6 +36,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Callable
+from unittest import mock
 
 import numpy as np
 import torch
@@ -57,6 +58,7 @@ import patchmix_step  # noqa: E402
 import selfpatch_step  # noqa: E402
 
 from patchmix.engine import train_step  # noqa: E402
+from patchmix.methods import get_method  # noqa: E402
 from patchmix.methods.patchmix import PatchMixConfig  # noqa: E402
 from patchmix.pretrain import PretrainTask  # noqa: E402
 
@@ -106,7 +108,7 @@ def block_rows(side: Side, steps: int) -> tuple[int, float]:
 
 # ------------------------------------------------------------------------------------------- PatchMix
 
-def patchmix_sides(path: Path, steps: int) -> tuple[Side, Side]:
+def patchmix_sides(path: Path) -> tuple[Side, Side]:
     official = patchmix_step.import_official(path)
     s = {**parity_ours.SETTINGS, **SHAPES, "proj_layers": 3, "pred_layers": 2, "hidden_dim": 1024, "out_dim": 256}
     num_mix = 2  # the official code's default (--mix_num 2)
@@ -157,7 +159,7 @@ def patchmix_sides(path: Path, steps: int) -> tuple[Side, Side]:
 
 # ------------------------------------------------------------------------------------------- APS
 
-def aps_sides(path: Path, steps: int) -> tuple[Side, Side]:
+def aps_sides(path: Path) -> tuple[Side, Side]:
     official = aps_step.import_official(path)
     s = {**parity_aps_ours.SETTINGS, **SHAPES, "hidden_dim": 1024, "out_dim": 256, "source_image_size": 64}
     generator = torch.Generator().manual_seed(parity_aps_ours.SEEDS["batch"])
@@ -227,15 +229,13 @@ def _dino_like_sides(official: dict, build_official, main: str, ours_module, set
             return value
 
         s = parts["schedules"]
-        with contextlib.redirect_stdout(io.StringIO()), \
-                mock_attr(loss_cls, "forward", recording_forward):
+        with contextlib.redirect_stdout(io.StringIO()), mock.patch.object(loss_cls, "forward", recording_forward):
             official[main].train_one_epoch(parts["wrapped"], parts["teacher"], parts["teacher"], parts["loss"],
                                            [(crops, labels)] * n, parts["optimizer"], s["lr"], s["wd"],
                                            s["momentum"], 0, None, parts["args"])
         return losses[0]
 
     cfg = ours_module.our_config("norm_last_layer", settings)
-    from patchmix.methods import get_method
     ours = get_method(cfg.method).from_config(cfg)
     task = PretrainTask(ours, ours, cfg, steps_per_epoch=settings["steps_per_epoch"])
     scaler = torch.amp.GradScaler("cpu", enabled=False)
@@ -251,16 +251,6 @@ def _dino_like_sides(official: dict, build_official, main: str, ours_module, set
     return Side(official_run, model, lambda: dino_step.official_runtime({})), Side(our_run, ours)
 
 
-@contextlib.contextmanager
-def mock_attr(owner, name, value):
-    saved = getattr(owner, name)
-    setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        setattr(owner, name, saved)
-
-
 def _dino_settings(base: dict) -> dict:
     # ImageNet's token grids (the official SelfPatch head only knows them): 14x14 patches of global crops, 6x6 of
     # local crops (56 and 24 px with 4-px patches), batch 16; the official ViT-S/16 recipe's head (hidden 2048,
@@ -272,13 +262,13 @@ def _dino_settings(base: dict) -> dict:
             "warmup_epochs": 0, "base_lr": 5e-4}
 
 
-def dino_sides(path: Path, steps: int) -> tuple[Side, Side]:
+def dino_sides(path: Path) -> tuple[Side, Side]:
     official = dino_step.import_official(path)
     return _dino_like_sides(official, dino_step.build_official, "main_dino", parity_dino_ours,
                             _dino_settings(parity_dino_ours.SETTINGS))
 
 
-def selfpatch_sides(path: Path, steps: int) -> tuple[Side, Side]:
+def selfpatch_sides(path: Path) -> tuple[Side, Side]:
     official = selfpatch_step.import_official(path)
     settings = {**_dino_settings(parity_selfpatch_ours.SETTINGS), "out_dim_selfpatch": 4096}
     return _dino_like_sides(official, selfpatch_step.build_official, "main_selfpatch", parity_selfpatch_ours,
@@ -340,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name, path in chosen.items():
         torch.manual_seed(0)
-        official, ours = METHODS[name](path, args.steps)
+        official, ours = METHODS[name](path)
         timed(official, args.steps), timed(ours, args.steps)  # warm-up
         row = measure(name, official, ours, args.rounds, args.steps)
         results.append(row)
